@@ -1,0 +1,70 @@
+"""`optbench run`: a Hydra app whose config is validated before Hydra makes any run folder."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from optbench.errors import ConfigError
+
+log = logging.getLogger("optbench")
+
+# Hydra flags that print something instead of running: no validation before them.
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve",
+              "--package", "-p", "--shell-completion", "-sc", "--version"}
+
+
+def run(args: list[str]) -> int:
+    """Run (or sweep) the configuration that `args` select; the process's exit status."""
+    import hydra
+
+    from optbench.config import PRIMARY_CONFIG, register_recipes, validate_overrides
+    from optbench.paths import configs_dir
+
+    register_recipes()
+    if not any(a.split("=")[0] in INFO_FLAGS for a in args):
+        multirun = "-m" in args or "--multirun" in args
+        overrides = [a for a in args if "=" in a and not a.startswith("-")]
+        try:
+            validate_overrides(overrides, multirun)
+        except ConfigError as e:
+            print(e.render(), file=sys.stderr)
+            return 2
+
+    exit_codes: list[int] = []
+
+    def task(cfg: DictConfig) -> None:
+        exit_codes.append(run_job(cfg))
+
+    main = hydra.main(config_path=str(configs_dir()), config_name=PRIMARY_CONFIG, version_base="1.3")(task)
+    sys.argv = ["optbench run", *args]
+    main()
+    return max(exit_codes, default=0)
+
+
+def run_job(cfg: DictConfig) -> int:
+    """Train one configuration in Hydra's run folder; never raises, so a sweep goes on.
+
+    Returns 0 for a finished run (completed, diverged or interrupted: the summary says which),
+    2 for bad input found at run time, 1 for any other failure (recorded in summary.json).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    from optbench.runlog import write_summary
+    from optbench.trainer import Trainer
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = Trainer(cfg, run_dir).fit()
+        return 130 if summary["status"] == "interrupted" else 0
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return 2
+    except Exception as e:  # any other failure: record it, say where, let the sweep continue
+        traceback.print_exc()
+        write_summary(run_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+        return 1

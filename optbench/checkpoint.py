@@ -1,0 +1,81 @@
+"""Checkpoints: atomic writes, safe loads, and the RNG states that make a resume exact."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from optbench.errors import ConfigError
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """Write `state` to `path` so that `path` is always a complete checkpoint.
+
+    The bytes go to a temporary file that is flushed to disk and then renamed over `path`
+    (a rename is atomic on POSIX): a crash mid-write leaves the previous checkpoint intact.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def load(path: Path, key: str = "trainer.resume") -> dict[str, Any]:
+    """Load a checkpoint without running any code from it (`weights_only=True`)."""
+    if not path.is_file():
+        raise ConfigError(f"{key}={path}: no such checkpoint file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign or tampered files raise many types.
+        reason = " ".join(str(e).split())[:300]
+        raise ConfigError(f"{key}={path}: not a readable optbench checkpoint ({reason}).") from None
+    if not isinstance(state, dict) or "model" not in state or "progress" not in state:
+        raise ConfigError(f"{key}={path}: not an optbench checkpoint (no model or progress in it).")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator a run draws from, in a form `weights_only` loading accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "cached": cached},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs this workspace setting for deterministic matrix products.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic

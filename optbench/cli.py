@@ -1,0 +1,108 @@
+"""The `optbench` command. Only the standard library is imported here, so that `--help` and
+`list` answer at once; each subcommand imports what it needs (torch included) when it runs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from optbench import __version__
+
+USAGE = """usage: optbench COMMAND [OVERRIDES...]
+
+Train and compare deep-learning optimizers. Configuration is Hydra's: choose an option with
+group=NAME (optimizer=adamw), set a field with group.field=VALUE (optimizer.lr=3e-4).
+
+commands:
+{commands}
+
+Examples:
+  optbench run optimizer=adamw scheduler=warmup_cosine
+  optbench run -m optimizer=sgd,adamw optimizer.lr=1e-3,3e-3
+  optbench run recipe=digits_resnet20 trainer.max_steps=200
+  optbench list optimizers
+
+`optbench run --help` lists every config group and option; `optbench run --cfg job` prints the
+resolved config without running it."""
+
+COMMANDS = {
+    "run": "train one configuration; -m/--multirun sweeps (a Hydra app)",
+    "lr-find": "LR range test: plot, CSV and a suggested LR",
+    "schedules": "plot LR schedules without training",
+    "toy": "optimizers on 2-D test functions",
+    "compare": "equal-budget optimizer comparison",
+    "report": "compare finished runs: table, CSV, plots, report.html",
+    "check": "validate a configuration without running it",
+    "bench": "optimizer step time and state memory, side by side",
+    "list": "what can be chosen: models, data, optimizers, schedulers, recipes",
+}
+
+# `optbench list` topics -> config group folders ("recipe" is the recipes/ folder).
+LIST_TOPICS = {
+    "models": "model",
+    "data": "data",
+    "optimizers": "optimizer",
+    "schedulers": "scheduler",
+    "trainers": "trainer",
+    "recipes": "recipe",
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = "\n".join(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items())
+    return USAGE.format(commands=lines)
+
+
+def list_options(args: list[str]) -> int:
+    from optbench.paths import configs_dir, describe, recipes_dir
+
+    topics = args or list(LIST_TOPICS)
+    unknown = [t for t in topics if t not in LIST_TOPICS]
+    if unknown:
+        print(f"optbench: error: list {unknown[0]}: no such topic. Choose from: {', '.join(LIST_TOPICS)}.",
+              file=sys.stderr)
+        return 2
+    for topic in topics:
+        group = LIST_TOPICS[topic]
+        folder = recipes_dir() if group == "recipe" else configs_dir() / group
+        files = sorted(folder.glob("*.yaml"))
+        print(f"{topic} ({group}=NAME):")
+        width = max((len(f.stem) for f in files), default=0)
+        for path in files:
+            print(f"  {path.stem:<{width}}  {describe(path)}")
+    return 0
+
+
+def _run(args: list[str]) -> int:
+    from optbench.app import run
+
+    return run(args)
+
+
+def _not_yet(name: str) -> Callable[[list[str]], int]:
+    def command(args: list[str]) -> int:
+        print(f"optbench {name}: not yet available in optbench {__version__}.", file=sys.stderr)
+        return 1
+
+    return command
+
+
+HANDLERS: dict[str, Callable[[list[str]], int]] = {"run": _run, "list": list_options}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        print(f"optbench {__version__}")
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"optbench: error: unknown command {command!r}. Commands: {', '.join(COMMANDS)}.",
+              file=sys.stderr)
+        return 2
+    handler = HANDLERS.get(command, _not_yet(command))
+    return handler(rest)

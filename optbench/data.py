@@ -1,0 +1,126 @@
+"""Data sets small enough to live on the device as tensors, and the batches the trainer reads.
+
+Keeping a small data set on the device and slicing it by a per-epoch permutation is how the fast
+CIFAR trainers avoid DataLoader workers; it also makes the data order a pure function of
+(seed, epoch), so a resumed run can continue from any batch exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from optbench.schema import PositiveInt, UnitInterval
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about the data: one sample's shape and the number of classes."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+class InMemoryData:
+    """Train and validation tensors with batch iteration; `to(device)` moves them once."""
+
+    def __init__(
+        self,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_val: torch.Tensor,
+        y_val: torch.Tensor,
+        num_classes: int,
+        batch_size: int,
+        drop_last: bool = False,
+    ):
+        self.x_train, self.y_train, self.x_val, self.y_val = x_train, y_train, x_val, y_val
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.spec = DataSpec(tuple(x_train.shape[1:]), num_classes)
+
+    def to(self, device: torch.device) -> InMemoryData:
+        for name in ("x_train", "y_train", "x_val", "y_val"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    @property
+    def num_train(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Training (micro-)batches in one epoch."""
+        if self.drop_last:
+            return self.num_train // self.batch_size
+        return math.ceil(self.num_train / self.batch_size)
+
+    def train_batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Epoch `epoch`'s shuffled batches, from batch number `start` on."""
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(self.num_train, generator=generator).to(self.x_train.device)
+        for i in range(start, self.batches_per_epoch):
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.x_train[index], self.y_train[index]
+
+    def val_batches(self) -> Iterator[Batch]:
+        for i in range(0, len(self.y_val), self.batch_size):
+            yield self.x_val[i : i + self.batch_size], self.y_val[i : i + self.batch_size]
+
+
+def split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a seeded random train/validation split."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = round(n * val_fraction)
+    return order[n_val:], order[:n_val]
+
+
+def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Zero mean and unit variance over all pixels, with the training split's statistics only.
+
+    One scalar for all pixels, as image normalisation does: per-pixel statistics would blow up
+    the border pixels that are always blank in the training split.
+    """
+    mean, std = train.mean(), train.std()
+    return [(t - mean) / std for t in (train, *others)]
+
+
+def digits(batch_size: PositiveInt = 128, val_fraction: UnitInterval = 0.2, split_seed: int = 0) -> InMemoryData:
+    """The UCI handwritten digits bundled with scikit-learn: 1,797 8x8 grey images, 10 classes.
+
+    No download: the data ship inside scikit-learn. The held-out split (20% by default, the
+    same for every run unless `split_seed` changes) is the validation/test set.
+    """
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    x = torch.tensor(raw.images, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8)
+    y = torch.tensor(raw.target, dtype=torch.long)
+    train, val = split(len(y), val_fraction, split_seed)
+    x_train, x_val = standardize(x[train], x[val])
+    return InMemoryData(x_train, y[train], x_val, y[val], 10, batch_size)
+
+
+def synthetic(
+    batch_size: PositiveInt = 128,
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    num_classes: PositiveInt = 10,
+    train_size: PositiveInt = 2048,
+    val_size: PositiveInt = 512,
+    seed: int = 0,
+) -> InMemoryData:
+    """Gaussian inputs of any shape, labelled by a fixed random linear teacher (so it is learnable).
+
+    For throughput measurements and tests; accuracy on it means only that learning happens.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    shape = tuple(input_shape)
+    x = torch.randn(train_size + val_size, *shape, generator=generator)
+    teacher = torch.randn(math.prod(shape), num_classes, generator=generator)
+    y = (x.flatten(1) @ teacher).argmax(dim=1)
+    return InMemoryData(x[:train_size], y[:train_size], x[train_size:], y[train_size:], num_classes, batch_size)

@@ -1,0 +1,6 @@
+"""Models selectable with `model=NAME`; each takes `input_shape` and `num_classes` from the data."""
+
+from optbench.models.mlp import MLP
+from optbench.models.resnet import ResNet
+
+__all__ = ["MLP", "ResNet"]

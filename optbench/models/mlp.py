@@ -1,0 +1,31 @@
+"""A multi-layer perceptron on flattened inputs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+from optbench.schema import Fraction, PositiveInt
+
+
+class MLP(nn.Sequential):
+    """Linear-ReLU blocks (with optional dropout) and a linear classifier head named `head`."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: PositiveInt,
+        hidden: Sequence[PositiveInt] = (256, 256),
+        dropout: Fraction = 0.0,
+    ):
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        super().__init__(*layers)
+        self.head = nn.Linear(width, num_classes)

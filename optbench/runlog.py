@@ -1,0 +1,81 @@
+"""What a run writes besides checkpoints: metrics.jsonl, TensorBoard scalars and summary.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+# metrics.jsonl names of train metrics -> their TensorBoard tags (others go to <split>/<name>).
+TRAIN_TAGS = {
+    "grad_norm": "grad_norm/pre_clip",
+    "grad_norm_post_clip": "grad_norm/post_clip",
+    "samples_per_s": "throughput/samples_per_s",
+}
+
+
+class RunLog:
+    """Appends metric lines to `metrics.jsonl` and mirrors them as TensorBoard scalars.
+
+    `first_group` is the name of the first parameter group: its LR is logged as `lr` in
+    metrics.jsonl (the contract) and as `lr/<name>` in TensorBoard, like every other group's.
+    """
+
+    def __init__(self, run_dir: Path, first_group: str, tensorboard: bool, resume_step: int | None = None):
+        self.run_dir = run_dir
+        self.first_group = first_group
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None:
+            self._truncate_after(resume_step)
+        self._file = self.path.open("a")
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop lines that an interrupted run wrote after the checkpoint it resumes from."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        self.path.write_text("".join(f"{line}\n" for line in kept))
+
+    def write(self, split: str, step: int, epoch: float, time: float, metrics: dict[str, float]) -> None:
+        line = {"step": step, "epoch": round(epoch, 6), "time": round(time, 4), "split": split, **metrics}
+        self._file.write(json.dumps(json_safe(line)) + "\n")
+        self._file.flush()
+        if self._writer is None:
+            return
+        for name, value in metrics.items():
+            self._writer.add_scalar(self._tag(split, name), value, step)
+
+    def _tag(self, split: str, name: str) -> str:
+        if split != "train":
+            return f"{split}/{name}"
+        if name == "lr":
+            return f"lr/{self.first_group}"
+        if name.startswith("lr/"):
+            return name
+        return TRAIN_TAGS.get(name, f"train/{name}")
+
+    def close(self) -> None:
+        self._file.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with non-finite floats (a diverged loss) as null, so any JSON reader accepts it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")

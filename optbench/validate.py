@@ -1,0 +1,141 @@
+"""Checking a composed config before any compute is spent.
+
+Every component's arguments are bound against its constructor's signature; optbench's own
+constructors carry typed annotations (`optbench.schema`) that give ranges and choices. All
+problems are collected and reported at once, each naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from optbench.build import accepted, arguments, locate
+from optbench.errors import ConfigError
+from optbench.schema import TrainerConfig, check_value
+
+# Components and the arguments that optbench passes itself (never from the config).
+COMPONENTS = {
+    "data": set(),
+    "model": {"input_shape", "num_classes"},
+    "optimizer": {"params"},
+    "scheduler": {"optimizer", "total_steps", "steps_per_epoch"},
+}
+
+# Ranges that hold for these optimizer arguments whatever class takes them (torch's own
+# optimizers have no annotations to read them from).
+OPTIMIZER_RULES: dict[str, tuple[str, typing.Callable[[Any], bool]]] = {
+    "lr": (">= 0", lambda v: v >= 0),
+    "eps": (">= 0", lambda v: v >= 0),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "betas": ("a pair of numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
+}
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every problem of `cfg`, or return when it is runnable."""
+    problems = check_trainer(cfg.trainer)
+    for group, supplied in COMPONENTS.items():
+        problems += check_component(group, cfg[group], supplied)
+    if not problems:
+        problems += dry_run_optimizer(cfg.optimizer)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _fmt(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _closest(name: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def check_trainer(node: DictConfig) -> list[str]:
+    values = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(values, dict)
+    types = TrainerConfig.field_types()
+    problems = []
+    for key, value in values.items():
+        if key not in types:
+            problems.append(f"trainer.{key}: not a trainer setting.{_closest(key, types)}")
+            continue
+        allowed = check_value(types[key], value)
+        if allowed is not None:
+            problems.append(f"trainer.{key}={_fmt(value)}: must be {allowed}.")
+    return problems
+
+
+def check_component(group: str, node: DictConfig, supplied: set[str]) -> list[str]:
+    """Problems binding a component's config to the signature of its `_target_`."""
+    target = node.get("_target_")
+    if not target:
+        return [f"{group}._target_ is missing: choose an option ({group}=NAME) or give a class."]
+    try:
+        obj = locate(target)
+    except Exception as e:  # ImportError, AttributeError, ...: all mean the path is wrong.
+        reason = " ".join(str(e).split())
+        return [f"{group}._target_={target}: cannot be imported ({reason})."]
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return []
+    names = accepted(obj)
+    kwargs = arguments(node)
+    hints = _hints(obj)
+    problems = []
+    for key, value in kwargs.items():
+        if names is not None and key not in names:
+            allowed = sorted(names - supplied - {"self"})
+            problems.append(
+                f"{group}.{key}: not an argument of {target}.{_closest(key, allowed)} "
+                f"Allowed: {', '.join(allowed)} (remove a key with ~{group}.{key})."
+            )
+            continue
+        expected = check_value(hints.get(key, Any), value)
+        if expected is not None:
+            problems.append(f"{group}.{key}={_fmt(value)}: must be {expected}.")
+        elif group == "optimizer" and key in OPTIMIZER_RULES and value is not None:
+            rule, ok = OPTIMIZER_RULES[key]
+            if not _safe(ok, value):
+                problems.append(f"optimizer.{key}={_fmt(value)}: must be {rule}.")
+    for name, param in signature.parameters.items():
+        required = param.default is inspect.Parameter.empty and param.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        )
+        if required and name not in kwargs and name not in supplied:
+            problems.append(f"{group}.{name} is required by {target} and not set.")
+    return problems
+
+
+def _safe(check: typing.Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(check(value))
+    except TypeError:
+        return False
+
+
+def _hints(obj: Any) -> dict[str, Any]:
+    func = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        return typing.get_type_hints(func, include_extras=True)
+    except Exception:  # unresolvable annotations in a foreign class: fall back to none.
+        return {}
+
+
+def dry_run_optimizer(node: DictConfig) -> list[str]:
+    """Construct the optimizer on one dummy parameter: its own argument checks speak too."""
+    import torch
+
+    try:
+        locate(node._target_)([torch.zeros(1, requires_grad=True)], **arguments(node))
+    except (ValueError, TypeError) as e:
+        return [f"optimizer ({node._target_}): {e}"]
+    return []
