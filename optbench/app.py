@@ -16,6 +16,22 @@ log = logging.getLogger("optbench")
 # Hydra flags that print something instead of running: no validation before them.
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve",
               "--package", "-p", "--shell-completion", "-sc", "--version"}
+# Hydra flags followed by a value that is not an override.
+VALUE_FLAGS = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd",
+               "--experimental-rerun"}
+
+
+def split_overrides(args: list[str]) -> list[str]:
+    """The overrides among Hydra's command-line arguments (flags and their values removed)."""
+    overrides, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in VALUE_FLAGS:
+            skip = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides
 
 
 def run(args: list[str]) -> int:
@@ -28,9 +44,8 @@ def run(args: list[str]) -> int:
     register_recipes()
     if not any(a.split("=")[0] in INFO_FLAGS for a in args):
         multirun = "-m" in args or "--multirun" in args
-        overrides = [a for a in args if "=" in a and not a.startswith("-")]
         try:
-            validate_overrides(overrides, multirun)
+            validate_overrides(split_overrides(args), multirun)
         except ConfigError as e:
             print(e.render(), file=sys.stderr)
             return 2

@@ -9,6 +9,7 @@ Shortcuts that change shape are 1x1 convolutions with batch norm (the paper's op
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ def stage_layout(depth: int) -> tuple[list[int], list[int]]:
     if depth >= 8 and (depth - 2) % 6 == 0:
         n = (depth - 2) // 6
         return [n, n, n], [16, 32, 64]
-    raise ConfigError(f"model.depth={depth}: must be 18, 34, or 6n+2 (20, 32, 44, 56, 110).")
+    raise ConfigError(f"model.depth={depth}: must be 6n+2 (20, 32, 44, 56, 110), 18 or 34.")
 
 
 class ResNet(nn.Module):
@@ -55,7 +56,7 @@ class ResNet(nn.Module):
         self,
         input_shape: Sequence[int],
         num_classes: PositiveInt,
-        depth: PositiveInt = 20,
+        depth: Literal[20, 32, 44, 56, 110, 18, 34] = 20,
         width_multiplier: PositiveInt = 1,
     ):
         super().__init__()

@@ -1,0 +1,184 @@
+"""End-to-end: the real CLI in a subprocess, asserting on exit codes, files and their contents."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import TINY, read_metrics, read_summary, run_cli, run_dirs
+from optbench.cli import main
+
+CONTRACT_TB_TAGS = {
+    "train/loss", "val/loss", "val/acc", "lr/all", "grad_norm/pre_clip", "grad_norm/post_clip",
+    "throughput/samples_per_s",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny run with clipping on (so post-clip norms exist), shared by the file checks."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = run_cli("run", *TINY, "trainer.clip_norm=1.0", "scheduler=warmup_cosine", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(workdir / "outputs")
+    return run_dir
+
+
+def test_run_folder_has_every_contract_file(tiny_run):
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.jsonl", "summary.json",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (tiny_run / name).is_file(), name
+    assert list((tiny_run / "tb").glob("events.out.tfevents.*"))
+
+
+def test_metrics_jsonl_lines(tiny_run):
+    lines = read_metrics(tiny_run)
+    train = [m for m in lines if m["split"] == "train"]
+    val = [m for m in lines if m["split"] == "val"]
+    assert [m["step"] for m in train] == [2, 4, 6]
+    assert [m["step"] for m in val] == [3, 6]
+    for m in train:
+        assert {"step", "epoch", "time", "split", "loss", "lr", "grad_norm", "grad_norm_post_clip",
+                "samples_per_s"} <= m.keys()
+        assert m["grad_norm_post_clip"] <= 1.0 + 1e-6
+    assert {"loss", "acc"} <= val[-1].keys()
+    # `lr` is the rate step number `step` used: warmup over 10% of 6 steps (1 step), then cosine
+    # to 10% of 1e-3; step 2 used schedule index 1, the first step after the warmup.
+    assert train[0]["lr"] == pytest.approx(1e-3)
+    assert train[-1]["lr"] < train[0]["lr"]
+
+
+def test_summary_json(tiny_run):
+    summary = read_summary(tiny_run)
+    assert summary["status"] == "completed"
+    assert summary["steps"] == 6
+    assert summary["params"] == 85_002  # MLP 64-256-256-10
+    assert summary["optimizer_state_bytes"] == 2 * 4 * 85_002 + 4 * 6  # AdamW: 2 moments + steps
+    assert {"val/loss", "val/acc", "train/loss"} <= summary["final"].keys()
+    assert summary["best"]["val/acc"] >= summary["final"]["val/acc"]
+    assert summary["config"]["optimizer"]["_target_"] == "torch.optim.AdamW"
+    for key in ("epochs", "wall_time_s", "samples_per_s"):
+        assert summary[key] > 0
+
+
+def test_tensorboard_has_contract_tags(tiny_run):
+    events = EventAccumulator(str(tiny_run / "tb"))
+    events.Reload()
+    assert CONTRACT_TB_TAGS <= set(events.Tags()["scalars"])
+
+
+def test_checkpoint_loads_safely_and_holds_the_run_state(tiny_run):
+    state = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["progress"]["step"] == 6
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "config"} <= state.keys()
+    assert not list((tiny_run / "checkpoints").glob(".*.tmp"))  # nothing half-written left
+
+
+def test_default_run_reaches_95_percent(workdir):
+    """`optbench run` with no arguments: the README's first result."""
+    result = run_cli("run", "trainer.progress=false", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(workdir / "outputs")
+    summary = read_summary(run_dir)
+    assert summary["status"] == "completed"
+    assert summary["final"]["val/acc"] >= 0.95
+    assert summary["epochs"] == pytest.approx(20)
+
+
+def test_multirun_puts_each_job_in_its_own_folder(workdir):
+    result = run_cli("run", "-m", "optimizer=sgd,adamw", *TINY, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    jobs = run_dirs(workdir / "outputs" / "multirun")
+    assert len(jobs) == 2
+    targets = {read_summary(j)["config"]["optimizer"]["_target_"] for j in jobs}
+    assert targets == {"torch.optim.SGD", "torch.optim.AdamW"}
+
+
+def test_recipe_applies_on_top_and_stays_overridable(workdir):
+    result = run_cli("run", "recipe=digits_resnet20", *TINY, "optimizer.lr=0.05", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(workdir / "outputs")
+    config = read_summary(run_dir)["config"]
+    assert config["model"]["depth"] == 20
+    assert config["optimizer"]["nesterov"] is True
+    assert config["optimizer"]["lr"] == 0.05  # the command line wins over the recipe
+    assert config["optimizer"]["weight_decay"] == 5e-4  # the recipe wins over the option's default
+
+
+def test_explicit_run_dir_and_resume_auto_continue_a_run(workdir):
+    run_dir = workdir / "myrun"
+    first = run_cli("run", *TINY, f"hydra.run.dir={run_dir}", cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    before = (run_dir / "metrics.jsonl").read_text()
+    # The same folder again without resume: refused, and the earlier run is untouched.
+    again = run_cli("run", *TINY, f"hydra.run.dir={run_dir}", cwd=workdir)
+    assert again.returncode == 2
+    assert "already holds a run" in again.stderr and "trainer.resume=auto" in again.stderr
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    # With resume=auto it continues from the checkpoint (already at max_steps: nothing to train).
+    resumed = run_cli("run", *TINY, f"hydra.run.dir={run_dir}", "trainer.resume=auto", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_summary(run_dir)["steps"] == 6
+    steps = [m["step"] for m in read_metrics(run_dir) if m["split"] == "train"]
+    assert steps == [2, 4, 6]  # no duplicated lines
+
+
+BAD_INPUT = [
+    (["optimizer=nope"], ["optimizer=nope", "Available: adam, adamw"]),
+    (["optimizer.lr=-1"], ["optimizer.lr=-1", ">= 0"]),
+    (["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "integer >= 1"]),
+    (["data.batch_size=0"], ["data.batch_size=0", "integer >= 1"]),
+    (["trainer.eppochs=3"], ["trainer.eppochs", "Did you mean 'trainer.epochs'"]),
+    (["+optimizer.lrr=0.1"], ["optimizer.lrr", "not an argument of torch.optim.AdamW", "'lr'"]),
+    (["optimizer._target_=torch.optim.Nope"], ["optimizer._target_=torch.optim.Nope", "no attribute 'Nope'"]),
+    (["trainer.precision=8"], ["trainer.precision=8", "'bf16'"]),
+    (["optimizer.betas=[0.9,1.5]"], ["optimizer.betas=[0.9, 1.5]", "[0, 1)"]),
+    (["model=resnet", "model.depth=21"], ["model.depth=21", "one of 20, 32, 44, 56, 110, 18, 34"]),
+    (["-m", "optimizer=sgd,nope"], ["optimizer=nope"]),
+]
+
+
+@pytest.mark.parametrize("args,expected", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_exit_2_clear_message_nothing_touched(args, expected, earlier_run, capsys, monkeypatch):
+    """In-process (fast); `test_bad_input_through_the_real_command` checks the real process."""
+    workdir = earlier_run.parent.parent.parent
+    monkeypatch.chdir(workdir)
+    snapshot = {p: p.read_bytes() for p in earlier_run.rglob("*") if p.is_file()}
+    assert main(["run", *TINY, *args]) == 2
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err
+    assert {p: p.read_bytes() for p in earlier_run.rglob("*") if p.is_file()} == snapshot
+    assert run_dirs(workdir / "outputs") == [earlier_run]
+
+
+def test_bad_input_through_the_real_command(workdir):
+    result = run_cli("run", "optimizer=nope", "optimizer.lr=-1", cwd=workdir)
+    assert result.returncode == 2
+    assert result.stderr.startswith("optbench: error: optimizer=nope: no such option.")
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (workdir / "outputs").exists()
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("earlier")
+    assert run_cli("run", *TINY, cwd=workdir).returncode == 0
+    (run_dir,) = run_dirs(workdir / "outputs")
+    return run_dir
+
+
+def test_failure_is_recorded_and_exits_1(workdir):
+    # LBFGS imports and validates but its step() demands a closure: a failure inside training.
+    lbfgs = ["optimizer=sgd", "optimizer._target_=torch.optim.LBFGS", "~optimizer.momentum",
+             "~optimizer.weight_decay", "~optimizer.fused"]
+    result = run_cli("run", *TINY, *lbfgs, cwd=workdir)
+    assert result.returncode == 1
+    assert "closure" in result.stderr
+    (run_dir,) = run_dirs(workdir / "outputs")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert "closure" in summary["error"]
