@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optbench.errors import ConfigError
 from optbench.paths import configs_dir, recipes_dir
@@ -43,6 +43,17 @@ def compose(overrides: list[str]) -> DictConfig:
     except Exception as e:  # Hydra and OmegaConf raise many types; all are bad input here.
         error = e
     raise ConfigError(explain_hydra_error(error, overrides))
+
+
+def job_config(overrides: list[str]) -> DictConfig:
+    """The run's own config (no `hydra` node), validated: what `Trainer` takes in Python code."""
+    from optbench.validate import validate_config
+
+    cfg = compose(overrides)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    validate_config(cfg)
+    return cfg
 
 
 def sweep_variants(overrides: list[str]) -> Iterator[list[str]]:

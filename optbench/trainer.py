@@ -79,6 +79,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to `total_steps`; returns the summary (also written to summary.json)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed_from = self._maybe_resume()
         self.runlog = RunLog(self.run_dir, self.optimizer.param_groups[0].get("name", "group0"),
                              self.tc.tensorboard, resume_step=self.step if resumed_from else None)
@@ -110,14 +111,17 @@ class Trainer:
         """Consume the rest of the current epoch, one optimizer step per group of micro-batches."""
         group: list[Batch] = []
         last_batch = self.data.batches_per_epoch
-        for batch in self.data.train_batches(self.tc.seed, self.epoch, start=self.batch_in_epoch):
+        position = self.batch_in_epoch
+        for batch in self.data.train_batches(self.tc.seed, self.epoch, start=position):
             group.append(batch)
-            self.batch_in_epoch += 1
+            position += 1
             # A last, incomplete group at the end of the epoch still steps.
-            if len(group) == self.tc.accumulation_steps or self.batch_in_epoch == last_batch:
+            if len(group) == self.tc.accumulation_steps or position == last_batch:
                 measure = (self.step + 1) % self.tc.log_every == 0 or self.step + 1 == self.total_steps
                 loss, grad_norm = self.train_step(group, measure)
+                # Counters move only once the step is done: a checkpoint never skips a batch.
                 self.step += 1
+                self.batch_in_epoch = position
                 self._after_step(loss, grad_norm, sum(len(b[1]) for b in group))
                 group = []
                 if self.step >= self.total_steps:
