@@ -75,14 +75,19 @@ def build_model(node: DictConfig, data: InMemoryData) -> torch.nn.Module:
     return call_with_context(locate(node._target_), arguments(node), context)
 
 
-def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
-    """The model's trainable parameters as named parameter groups (one group for now)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"name": "all", "params": params}]
+def build_param_groups(node: DictConfig, model: torch.nn.Module, lr: float | None) -> list[dict[str, Any]]:
+    """The `params` preset's groups, each with `lr` = optimizer LR x the group's `lr_scale`."""
+    groups = call_with_context(locate(node._target_), arguments(node), {}).groups(model)
+    for group in groups:
+        del group["param_names"]
+        if lr is not None:
+            group["lr"] = lr * group["lr_scale"]
+    return groups
 
 
-def build_optimizer(node: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    return locate(node._target_)(param_groups(model), **arguments(node))
+def build_optimizer(node: DictConfig, model: torch.nn.Module, params: DictConfig) -> torch.optim.Optimizer:
+    kwargs = arguments(node)
+    return locate(node._target_)(build_param_groups(params, model, kwargs.get("lr")), **kwargs)
 
 
 def build_scheduler(

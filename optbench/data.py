@@ -44,9 +44,12 @@ class InMemoryData:
         self.drop_last = drop_last
         self.spec = DataSpec(tuple(x_train.shape[1:]), num_classes)
 
-    def to(self, device: torch.device) -> InMemoryData:
-        for name in ("x_train", "y_train", "x_val", "y_val"):
-            setattr(self, name, getattr(self, name).to(device))
+    def to(self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> InMemoryData:
+        """Move the tensors to `device` once; image batches in `memory_format` (channels-last)."""
+        for name in ("x_train", "x_val"):
+            x = getattr(self, name).to(device)
+            setattr(self, name, x.contiguous(memory_format=memory_format) if x.ndim == 4 else x)
+        self.y_train, self.y_val = self.y_train.to(device), self.y_val.to(device)
         return self
 
     @property

@@ -26,21 +26,17 @@ class RunLog:
         self.run_dir = run_dir
         self.first_group = first_group
         self.path = run_dir / "metrics.jsonl"
+        self.diagnostics_path = run_dir / "diagnostics.jsonl"
         if resume_step is not None:
-            self._truncate_after(resume_step)
+            for path in (self.path, self.diagnostics_path):
+                _truncate_after(path, resume_step)
         self._file = self.path.open("a")
+        self._diagnostics_file = self.diagnostics_path.open("a")
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
-
-    def _truncate_after(self, step: int) -> None:
-        """Drop lines that an interrupted run wrote after the checkpoint it resumes from."""
-        if not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        self.path.write_text("".join(f"{line}\n" for line in kept))
 
     def write(self, split: str, step: int, epoch: float, time: float, metrics: dict[str, float]) -> None:
         line = {"step": step, "epoch": round(epoch, 6), "time": round(time, 4), "split": split, **metrics}
@@ -50,6 +46,16 @@ class RunLog:
             return
         for name, value in metrics.items():
             self._writer.add_scalar(self._tag(split, name), value, step)
+
+    def write_diagnostics(self, step: int, record: dict[str, dict[str, float]]) -> None:
+        """One line of diagnostics.jsonl; TensorBoard tags `diag/<kind>/<name>`."""
+        self._diagnostics_file.write(json.dumps(json_safe({"step": step, **record})) + "\n")
+        self._diagnostics_file.flush()
+        if self._writer is None:
+            return
+        for kind, values in record.items():
+            for name, value in values.items():
+                self._writer.add_scalar(f"diag/{kind}/{name}", value, step)
 
     def _tag(self, split: str, name: str) -> str:
         if split != "train":
@@ -62,8 +68,17 @@ class RunLog:
 
     def close(self) -> None:
         self._file.close()
+        self._diagnostics_file.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Drop lines that an interrupted run wrote after the checkpoint it resumes from."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    path.write_text("".join(f"{line}\n" for line in kept))
 
 
 def json_safe(value: Any) -> Any:

@@ -114,6 +114,14 @@ def check_value(tp: Any, value: Any) -> str | None:
 
 
 @dataclass
+class EmaConfig:
+    """`trainer.ema`: an exponential moving average of the weights, evaluated beside them."""
+
+    decay: Optional[UnitInterval] = None
+    """Weight of the old average per step, e.g. 0.999; null is off."""
+
+
+@dataclass
 class TrainerConfig:
     """The `trainer` config group: how a run is driven. Each field is `trainer.<name>`."""
 
@@ -129,8 +137,22 @@ class TrainerConfig:
     """Micro-batches per optimizer step."""
     clip_norm: Optional[PositiveFloat] = None
     """Clip the total gradient 2-norm to this value; null is off."""
+    clip_norm_type: PositiveFloat = 2.0
+    """The p of the p-norm that `clip_norm` limits (inf for the largest element)."""
     clip_value: Optional[PositiveFloat] = None
     """Clip every gradient element to [-v, v]; null is off."""
+    clip_agc: Optional[PositiveFloat] = None
+    """Adaptive gradient clipping: each unit's gradient to at most this times its weight norm."""
+    ema: EmaConfig = dataclasses.field(default_factory=EmaConfig)
+    """Exponential moving average of the weights (`trainer.ema.decay`)."""
+    compile: bool = False
+    """torch.compile the model."""
+    channels_last: bool = False
+    """Channels-last memory format for convolutional models and their inputs."""
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """On a non-finite loss or gradient: end the run as `diverged`, or skip that update."""
+    diagnostics_every: Optional[PositiveInt] = 100
+    """Optimizer diagnostics (diagnostics.jsonl, TensorBoard diag/) every this many steps; null is off."""
     seed: NonNegativeInt = 0
     """Seeds Python, NumPy and torch (and the data order)."""
     deterministic: bool = False
@@ -158,7 +180,7 @@ class TrainerConfig:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "TrainerConfig":
-        cfg = cls(**values)
+        cfg = cls(**{**values, "ema": EmaConfig(**values.get("ema", {}))})
         cfg.precision = str(cfg.precision)  # type: ignore[assignment]
         return cfg
 
@@ -176,6 +198,7 @@ __all__ = [
     "Fraction",
     "UnitInterval",
     "TrainerConfig",
+    "EmaConfig",
     "check_value",
     "field_names",
 ]

@@ -16,10 +16,13 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from optbench import checkpoint
 from optbench.build import build_data, build_model, build_optimizer, build_scheduler
+from optbench.clipping import adaptive_clip_
 from optbench.data import Batch
+from optbench.diagnostics import Diagnostics
 from optbench.errors import ConfigError
 from optbench.progress import ProgressBar, print_summary
 from optbench.runlog import RunLog, write_summary
@@ -51,10 +54,17 @@ class Trainer:
         self.device = resolve_device(self.tc.device)
         checkpoint.seed_everything(self.tc.seed, self.tc.deterministic)
 
-        self.data = build_data(cfg.data).to(self.device)
-        self.model = build_model(cfg.model, self.data).to(self.device)
+        memory_format = torch.channels_last if self.tc.channels_last else torch.contiguous_format
+        self.data = build_data(cfg.data).to(self.device, memory_format)
+        self.model = build_model(cfg.model, self.data).to(self.device, memory_format=memory_format)
+        # The compiled module shares the model's parameters; state_dicts come from the model.
+        self.forward_model = torch.compile(self.model) if self.tc.compile else self.model
         self.task = Classification()
-        self.optimizer = build_optimizer(cfg.optimizer, self.model)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, cfg.params)
+        self.ema = None
+        if self.tc.ema.decay is not None:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.tc.ema.decay),
+                                     use_buffers=True)
 
         accumulation = self.tc.accumulation_steps
         self.steps_per_epoch = math.ceil(self.data.batches_per_epoch / accumulation)
@@ -64,16 +74,28 @@ class Trainer:
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
         self.autocast_dtype = AUTOCAST_DTYPES.get(self.tc.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.tc.precision == "16")
+        # The scaler skips optimizer.step() on overflow; a post-step hook counts the real steps.
+        self.optimizer_steps_taken = 0
+        self.optimizer.register_step_post_hook(lambda *_: self._count_optimizer_step())
+
+        # AGC leaves the final classifier alone, as Brock et al. do.
+        self.agc_params = [p for n, p in self.model.named_parameters() if not n.startswith("head.")]
+        self.diagnostics = Diagnostics(self.model, self.optimizer, self.tc.diagnostics_every)
 
         # Progress counters: everything a resume needs to continue at the same batch.
         self.step = 0  # optimizer steps done
         self.epoch = 0  # current epoch
         self.batch_in_epoch = 0  # micro-batches of the current epoch already consumed
+        self.skipped_steps = 0  # updates skipped for non-finite values (trainer.nonfinite=skip)
         self.best: dict[str, float] = {}
         self.last_val: dict[str, float] = {}
         self.last_train_loss = math.nan
         self.train_time = 0.0  # seconds spent in training steps (evaluation excluded)
         self.samples_seen = 0
+        self.divergence: dict[str, Any] = {}
+
+    def _count_optimizer_step(self) -> None:
+        self.optimizer_steps_taken += 1
 
     # ------------------------------------------------------------------ the loop
 
@@ -81,11 +103,14 @@ class Trainer:
         """Train to `total_steps`; returns the summary (also written to summary.json)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed_from = self._maybe_resume()
+        effective_batch = self.data.batch_size * self.tc.accumulation_steps
+        log.info("%d optimizer steps of %d samples (%d micro-batches of %d) on %s",
+                 self.total_steps, effective_batch, self.tc.accumulation_steps, self.data.batch_size,
+                 self.device)
         self.runlog = RunLog(self.run_dir, self.optimizer.param_groups[0].get("name", "group0"),
                              self.tc.tensorboard, resume_step=self.step if resumed_from else None)
         self._start = time.perf_counter() - self.train_time
-        self._interval_start, self._interval_samples = time.perf_counter(), 0
-        self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0
+        self._reset_interval()
         status = "completed"
         try:
             with ProgressBar(self.total_steps, self.step, self.tc.progress) as self.progress:
@@ -93,6 +118,7 @@ class Trainer:
                     self._train_epoch()
         except Diverged as e:
             status = "diverged"
+            self.divergence["message"] = str(e)
             log.warning("run diverged: %s", e)
         except KeyboardInterrupt:
             status = "interrupted"
@@ -129,48 +155,100 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch = 0
 
-    def train_step(self, micro_batches: list[Batch], measure: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def train_step(self, micro_batches: list[Batch], measure: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One optimizer update from one or more micro-batches; returns (loss, pre-clip grad norm).
 
-        The grad norm is computed only when clipping needs it or `measure` asks for it.
+        The loss is None for an update skipped under `trainer.nonfinite=skip`. The grad norm is
+        computed only when clipping or the non-finite check needs it or `measure` asks for it.
         """
         self.model.train()
         total = sum(len(y) for _, y in micro_batches)
         loss_sum = torch.zeros((), device=self.device)
-        for batch in micro_batches:
+        for i, batch in enumerate(micro_batches):
             # Weight by the micro-batch's share of samples so that K micro-batches of B give the
             # same gradient as one batch of K*B (and a short last group is scaled by what it had).
             weight = len(batch[1]) / total
-            with self._autocast():
-                loss = self.task.training_loss(self.model, batch) * weight
+            with self._gradient_sync(last=i == len(micro_batches) - 1), self._autocast():
+                loss = self.task.training_loss(self.forward_model, batch) * weight
             self.scaler.scale(loss).backward()
             loss_sum += loss.detach().float()
 
         self.scaler.unscale_(self.optimizer)  # clip and measure true gradients, not scaled ones
-        grad_norm = None
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if self.tc.clip_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.tc.clip_norm)
-        elif measure:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if self.tc.clip_value is not None:
-            torch.nn.utils.clip_grad_value_(params, self.tc.clip_value)
+        grad_norm = self._clip_gradients(measure or self.tc.nonfinite == "skip")
+        if self.tc.nonfinite == "skip" and not torch.isfinite(loss_sum + grad_norm).item():
+            self._skip_update(loss_sum)
+            return None, None
 
+        self.diagnostics.before_step(self.step + 1)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        record = self.diagnostics.after_step()
+        if record is not None:
+            self.runlog.write_diagnostics(self.step + 1, record)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.step_lrs = [g["lr"] for g in self.optimizer.param_groups]  # the rates this step used
         self.scheduler.step()  # once per optimizer step: schedules count optimizer steps
         return loss_sum, grad_norm
+
+    def _clip_gradients(self, measure: bool) -> torch.Tensor | None:
+        """Apply the configured clipping; the total gradient norm before it, when known."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if self.tc.clip_agc is not None:
+            adaptive_clip_(self.agc_params, self.tc.clip_agc)
+        grad_norm = None
+        if self.tc.clip_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.tc.clip_norm, self.tc.clip_norm_type)
+            self._clipped += grad_norm > self.tc.clip_norm
+        elif measure:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], self.tc.clip_norm_type)
+        if self.tc.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(params, self.tc.clip_value)
+        return grad_norm
+
+    def _skip_update(self, loss_sum: torch.Tensor) -> None:
+        """`trainer.nonfinite=skip`: drop this update; weights and optimizer state stay as they were."""
+        where = "the loss" if not torch.isfinite(loss_sum) else "the gradients of " + ", ".join(
+            n for n, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+        )
+        log.warning("step %d: non-finite values in %s; update skipped", self.step + 1, where)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()
+        self.skipped_steps += 1
+        self.step_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.scheduler.step()  # the clock counts the step even though no update was made
+
+    def _gradient_sync(self, last: bool) -> Any:
+        """Where data-parallel training syncs gradients only on the micro-batch that steps."""
+        return nullcontext()
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _after_step(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, samples: int) -> None:
-        self._loss_sum += loss
-        self._loss_count += 1
+    # ------------------------------------------------------------------ logging
+
+    def _reset_interval(self) -> None:
+        """Start a new logging interval: the sums that the next train line averages."""
+        self._interval_start = time.perf_counter()
+        self._interval_samples = 0
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_count = 0
+        self._clipped = torch.zeros((), device=self.device)
+        self._steps_taken_at_interval_start = self.optimizer_steps_taken
+        self._interval_first_step = self.step + 1
+        # First step of the interval whose loss was non-finite (-1: none), kept on the device so
+        # that finding it costs no synchronisation per step.
+        self._first_nonfinite = torch.full((), -1, device=self.device)
+
+    def _after_step(self, loss: torch.Tensor | None, grad_norm: torch.Tensor | None, samples: int) -> None:
+        if loss is not None:
+            self._loss_sum += loss
+            self._loss_count += 1
+            first_bad = (self._first_nonfinite < 0) & ~torch.isfinite(loss)
+            self._first_nonfinite = torch.where(first_bad, self.step, self._first_nonfinite)
         self._interval_samples += samples
         self.samples_seen += samples
         end_of_epoch = self.batch_in_epoch == self.data.batches_per_epoch
@@ -186,38 +264,44 @@ class Trainer:
 
     def _pause(self, work: Any) -> None:
         """Run `work` outside the training clock, so samples/s measures training alone."""
-        self._close_interval()
+        self.train_time += time.perf_counter() - self._interval_start
         work()
         self._interval_start = time.perf_counter()
 
-    def _close_interval(self) -> float:
-        now = time.perf_counter()
-        elapsed = now - self._interval_start
-        self.train_time += elapsed
-        self._interval_start = now
-        return elapsed
-
     def _log_train(self, grad_norm: torch.Tensor | None) -> None:
-        elapsed = self._close_interval()
-        loss = (self._loss_sum / self._loss_count).item()
+        elapsed = time.perf_counter() - self._interval_start
+        self.train_time += elapsed
+        steps = self.step - self._interval_first_step + 1
+        loss = (self._loss_sum / self._loss_count).item() if self._loss_count else math.nan
         # `lr` is the rate that step number `self.step` used: the scheduler has moved on since.
         metrics: dict[str, float] = {"loss": loss, "lr": self.step_lrs[0]}
         for group, lr in zip(self.optimizer.param_groups[1:], self.step_lrs[1:]):
             metrics[f"lr/{group.get('name', 'group')}"] = lr
         if grad_norm is not None:
-            norm = grad_norm.item()
-            metrics["grad_norm"] = norm
+            metrics["grad_norm"] = grad_norm.item()
             if self.tc.clip_norm is not None:
-                metrics["grad_norm_post_clip"] = min(norm, self.tc.clip_norm)
+                metrics["grad_norm_post_clip"] = min(metrics["grad_norm"], self.tc.clip_norm)
+                metrics["clip_fraction"] = self._clipped.item() / steps
         metrics["samples_per_s"] = self._interval_samples / max(elapsed, 1e-9)
+        if self.scaler.is_enabled():
+            metrics["scaler_skipped"] = steps - (self.optimizer_steps_taken - self._steps_taken_at_interval_start)
+            metrics["loss_scale"] = self.scaler.get_scale()
+        if self.tc.nonfinite == "skip":
+            metrics["skipped_steps"] = self.skipped_steps
         self.runlog.write("train", self.step, self._epoch_float(), self._elapsed(), metrics)
         self.progress.update(self.step, self._epoch_float(), metrics)
         self.last_train_loss = loss
-        self._loss_sum.zero_()
-        self._loss_count = 0
-        self._interval_samples = 0
-        if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(metrics["grad_norm"])):
-            raise Diverged(f"non-finite loss or gradient at step {self.step} (loss={loss})")
+        first_bad = int(self._first_nonfinite.item())
+        self._reset_interval()
+        if first_bad >= 0:
+            self._diverged(first_bad, "the training loss")
+
+    def _diverged(self, step: int, what: str) -> None:
+        """Record where the run stopped being finite, then end it as `diverged`."""
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        where = f"; non-finite weights now in {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "") if bad else ""
+        self.divergence = {"step": step, "first_nonfinite": what, "nonfinite_params": bad}
+        raise Diverged(f"{what} became non-finite at step {step}{where}")
 
     def _epoch_float(self) -> float:
         return self.epoch + self.batch_in_epoch / self.data.batches_per_epoch
@@ -229,34 +313,39 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        self.model.eval()
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        for batch in self.data.val_batches():
-            with self._autocast():
-                for name, value in self.task.eval_sums(self.model, batch).items():
-                    sums[name] = sums.get(name, 0) + value.double()
-            count += len(batch[1])
-        metrics = {name: (value / count).item() for name, value in sums.items()}
+        """Validation metrics of the model (and of its EMA, as `ema_<metric>`)."""
+        metrics = self._evaluate(self.forward_model)
+        if self.ema is not None:
+            metrics.update({f"ema_{k}": v for k, v in self._evaluate(self.ema.module).items()})
         self.runlog.write("val", self.step, self._epoch_float(), self._elapsed(), metrics)
         for name, value in metrics.items():
-            better = max if self.task.metrics.get(name) == "max" else min
+            mode = self.task.metrics.get(name.removeprefix("ema_"), "min")
             key = f"val/{name}"
-            if math.isfinite(value):
-                improved = key not in self.best or better(value, self.best[key]) != self.best[key]
-                if improved:
+            if math.isfinite(value) and (key not in self.best or (value > self.best[key]) == (mode == "max")):
+                if value != self.best.get(key):
                     self.best[key] = value
                     if name == self.tc.monitor:
                         self._save_best()
         self.last_val = {**metrics, "_step": self.step}
         if not math.isfinite(metrics.get("loss", 0.0)):
-            raise Diverged(f"non-finite validation loss at step {self.step}")
+            self._diverged(self.step, "the validation loss")
         return metrics
+
+    def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for batch in self.data.val_batches():
+            with self._autocast():
+                for name, value in self.task.eval_sums(model, batch).items():
+                    sums[name] = sums.get(name, 0) + value.double()
+            count += len(batch[1])
+        return {name: (value / count).item() for name, value in sums.items()}
 
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -267,21 +356,28 @@ class Trainer:
                 "batch_in_epoch": self.batch_in_epoch,
                 "train_time": self.train_time,
                 "samples_seen": self.samples_seen,
+                "skipped_steps": self.skipped_steps,
                 "best": dict(self.best),
             },
             "rng": checkpoint.rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         progress = state["progress"]
         self.step, self.epoch = progress["step"], progress["epoch"]
         self.batch_in_epoch = progress["batch_in_epoch"]
         self.train_time, self.samples_seen = progress["train_time"], progress["samples_seen"]
+        self.skipped_steps = progress["skipped_steps"]
         self.best = dict(progress["best"])
         checkpoint.set_rng_state(state["rng"])
 
@@ -316,7 +412,7 @@ class Trainer:
             for t in s.values()
             if isinstance(t, torch.Tensor)
         )
-        return {
+        summary = {
             "status": status,
             "steps": self.step,
             "epochs": self._epoch_float(),
@@ -326,6 +422,11 @@ class Trainer:
             "best": dict(self.best),
             "params": sum(p.numel() for p in self.model.parameters()),
             "optimizer_state_bytes": state_bytes,
+            "effective_batch_size": self.data.batch_size * self.tc.accumulation_steps,
+            "skipped_steps": self.skipped_steps,
             "device": str(self.device),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
+        if status == "diverged":
+            summary["divergence"] = self.divergence
+        return summary

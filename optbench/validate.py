@@ -7,6 +7,7 @@ problems are collected and reported at once, each naming the key, the value and 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import typing
@@ -21,6 +22,7 @@ from optbench.schema import TrainerConfig, check_value
 # Components and the arguments that optbench passes itself (never from the config).
 COMPONENTS = {
     "data": set(),
+    "params": set(),
     "model": {"input_shape", "num_classes"},
     "optimizer": {"params"},
     "scheduler": {"optimizer", "total_steps", "steps_per_epoch"},
@@ -60,15 +62,27 @@ def _closest(name: str, options: typing.Iterable[str]) -> str:
 def check_trainer(node: DictConfig) -> list[str]:
     values = OmegaConf.to_container(node, resolve=True)
     assert isinstance(values, dict)
-    types = TrainerConfig.field_types()
+    return check_settings("trainer", TrainerConfig, values)
+
+
+def check_settings(key: str, schema: type, values: dict[str, Any]) -> list[str]:
+    """Problems of `values` against a settings dataclass (nested dataclasses included)."""
+    types = typing.get_type_hints(schema, include_extras=True)
     problems = []
-    for key, value in values.items():
-        if key not in types:
-            problems.append(f"trainer.{key}: not a trainer setting.{_closest(key, types)}")
-            continue
-        allowed = check_value(types[key], value)
-        if allowed is not None:
-            problems.append(f"trainer.{key}={_fmt(value)}: must be {allowed}.")
+    for name, value in values.items():
+        if name not in types:
+            problems.append(f"{key}.{name}: not a setting of {key}.{_closest(name, types)} "
+                            f"Allowed: {', '.join(types)}.")
+        elif dataclasses.is_dataclass(types[name]):
+            if isinstance(value, dict):
+                problems += check_settings(f"{key}.{name}", types[name], value)
+            else:
+                problems.append(f"{key}.{name}={_fmt(value)}: must be a group of settings "
+                                f"({', '.join(typing.get_type_hints(types[name]))}).")
+        else:
+            allowed = check_value(types[name], value)
+            if allowed is not None:
+                problems.append(f"{key}.{name}={_fmt(value)}: must be {allowed}.")
     return problems
 
 

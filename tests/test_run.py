@@ -12,7 +12,7 @@ from conftest import TINY, read_metrics, read_summary, run_cli, run_dirs
 from optbench.cli import main
 
 CONTRACT_TB_TAGS = {
-    "train/loss", "val/loss", "val/acc", "lr/all", "grad_norm/pre_clip", "grad_norm/post_clip",
+    "train/loss", "val/loss", "val/acc", "lr/no_decay", "lr/decay", "grad_norm/pre_clip", "grad_norm/post_clip",
     "throughput/samples_per_s",
 }
 

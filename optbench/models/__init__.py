@@ -2,5 +2,6 @@
 
 from optbench.models.mlp import MLP
 from optbench.models.resnet import ResNet
+from optbench.models.vit import ViT
 
-__all__ = ["MLP", "ResNet"]
+__all__ = ["MLP", "ResNet", "ViT"]

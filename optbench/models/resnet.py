@@ -82,6 +82,13 @@ class ResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def layers(self) -> list[list[str]]:
+        """Stem, then each residual block, then the head: the depth order of layer-wise LR decay."""
+        blocks = [
+            [f"layer{i}.{j}"] for i in range(1, self.num_stages + 1) for j in range(len(getattr(self, f"layer{i}")))
+        ]
+        return [["stem"], *blocks, ["head"]]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for i in range(1, self.num_stages + 1):

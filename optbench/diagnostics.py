@@ -1,0 +1,75 @@
+"""Optimizer diagnostics (the chapter's 7.4 checklist, made automatic).
+
+Every `trainer.diagnostics_every` steps, at the cost of one copy of the weights on those steps
+only: the gradient norm of each parameter group, and for each parameter its weight norm and the
+ratio of the update's norm to the weight's norm (healthy training is often near 1e-3; far above
+means the LR is too high, far below that the layer barely moves), and the trust ratios that
+LAMB/LARS-style optimizers keep in their state. Parameters that get no gradient are named once.
+The trainer writes each record to `diagnostics.jsonl` and to TensorBoard under `diag/`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger("optbench")
+
+
+class Diagnostics:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, every: int | None):
+        self.every = every
+        self.optimizer = optimizer
+        self.names = {p: n for n, p in model.named_parameters() if p.requires_grad}
+        self.checked_for_missing_grads = False
+        self._before: dict[nn.Parameter, torch.Tensor] = {}
+        self._record: dict[str, dict[str, float]] = {}
+
+    def due(self, step: int) -> bool:
+        return self.every is not None and step % self.every == 0
+
+    @torch.no_grad()
+    def before_step(self, step: int) -> None:
+        """Call after gradients are final (unscaled, clipped), before `optimizer.step()`."""
+        if not self.checked_for_missing_grads:
+            self._name_parameters_without_gradient()
+        if not self.due(step):
+            return
+        self._record = {"grad_norm": {}}
+        for i, group in enumerate(self.optimizer.param_groups):
+            grads = [p.grad for p in group["params"] if p.grad is not None]
+            if grads:
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                self._record["grad_norm"][group.get("name", f"group{i}")] = norm.item()
+        self._before = {p: p.detach().clone() for p in self.names}
+
+    @torch.no_grad()
+    def after_step(self) -> dict[str, dict[str, float]] | None:
+        """Call after `optimizer.step()`: the record of a diagnostic step (else None).
+
+        The update is the change of each weight since `before_step`.
+        """
+        if not self._before:
+            return None
+        params = list(self._before)
+        weights = torch._foreach_norm([p.detach() for p in params])
+        updates = torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], list(self._before.values())))
+        record = self._record
+        record["weight_norm"] = {self.names[p]: w.item() for p, w in zip(params, weights)}
+        record["update_ratio"] = {
+            self.names[p]: (u / w.clamp_min(1e-12)).item() for p, u, w in zip(params, updates, weights)
+        }
+        trust = {self.names[p]: float(s["trust_ratio"]) for p, s in self.optimizer.state.items()
+                 if isinstance(s, dict) and "trust_ratio" in s and p in self.names}
+        if trust:
+            record["trust_ratio"] = trust
+        self._before = {}
+        return record
+
+    def _name_parameters_without_gradient(self) -> None:
+        missing = [n for p, n in self.names.items() if p.grad is None]
+        if missing:
+            log.warning("parameters that got no gradient in the first step: %s", ", ".join(missing))
+        self.checked_for_missing_grads = True
