@@ -174,7 +174,7 @@ def earlier_run(tmp_path_factory):
 def test_failure_is_recorded_and_exits_1(workdir):
     # LBFGS imports and validates but its step() demands a closure: a failure inside training.
     lbfgs = ["optimizer=sgd", "optimizer._target_=torch.optim.LBFGS", "~optimizer.momentum",
-             "~optimizer.weight_decay", "~optimizer.fused"]
+             "~optimizer.weight_decay", "~optimizer.fused", "params=none"]
     result = run_cli("run", *TINY, *lbfgs, cwd=workdir)
     assert result.returncode == 1
     assert "closure" in result.stderr
