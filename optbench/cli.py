@@ -21,6 +21,7 @@ Examples:
   optbench run -m optimizer=sgd,adamw optimizer.lr=1e-3,3e-3
   optbench run recipe=digits_resnet20 trainer.max_steps=200
   optbench list optimizers
+  optbench list param-groups model=resnet params=layer_decay
 
 `optbench run --help` lists every config group and option; `optbench run --cfg job` prints the
 resolved config without running it."""
@@ -34,7 +35,7 @@ COMMANDS = {
     "report": "compare finished runs: table, CSV, plots, report.html",
     "check": "validate a configuration without running it",
     "bench": "optimizer step time and state memory, side by side",
-    "list": "what can be chosen: models, data, optimizers, schedulers, recipes",
+    "list": "what can be chosen (models, data, optimizers, ...); `list param-groups` per parameter",
 }
 
 # `optbench list` topics -> config group folders ("recipe" is the recipes/ folder).
@@ -43,6 +44,7 @@ LIST_TOPICS = {
     "data": "data",
     "optimizers": "optimizer",
     "schedulers": "scheduler",
+    "params": "params",
     "trainers": "trainer",
     "recipes": "recipe",
 }
@@ -57,11 +59,15 @@ def _usage() -> str:
 def list_options(args: list[str]) -> int:
     from optbench.paths import configs_dir, describe, recipes_dir
 
+    if args[:1] == ["param-groups"]:
+        from optbench.param_table import print_param_groups
+
+        return print_param_groups(args[1:])
     topics = args or list(LIST_TOPICS)
     unknown = [t for t in topics if t not in LIST_TOPICS]
     if unknown:
-        print(f"optbench: error: list {unknown[0]}: no such topic. Choose from: {', '.join(LIST_TOPICS)}.",
-              file=sys.stderr)
+        topics_text = ", ".join([*LIST_TOPICS, "param-groups"])
+        print(f"optbench: error: list {unknown[0]}: no such topic. Choose from: {topics_text}.", file=sys.stderr)
         return 2
     for topic in topics:
         group = LIST_TOPICS[topic]

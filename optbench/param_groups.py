@@ -146,13 +146,3 @@ class Discriminative:
         stages = top_level(model)
         scales = [self.factor ** -(len(stages) - 1 - s) for s in range(len(stages))]
         return depth_groups(model, stages, scales, [s[0] for s in stages], self.no_decay_1d)
-
-
-def describe_groups(groups: list[dict[str, Any]], lr: float, weight_decay: float) -> list[tuple[str, str, str, float, float]]:
-    """(parameter, shape, group, lr, weight decay) for every parameter: the table users check."""
-    rows = []
-    for group in groups:
-        for name, param in zip(group["param_names"], group["params"]):
-            rows.append((name, "x".join(map(str, param.shape)), group["name"], lr * group["lr_scale"],
-                         group.get("weight_decay", weight_decay)))
-    return rows
