@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from optbench.schema import TrainerConfig
 
 if TYPE_CHECKING:
     import torch
@@ -85,23 +88,55 @@ def build_optimizer(node: DictConfig, model: torch.nn.Module) -> torch.optim.Opt
     return locate(node._target_)(param_groups(model), **arguments(node))
 
 
+def run_length(tc: TrainerConfig, data: InMemoryData | None) -> tuple[int, int | None]:
+    """(optimizer steps in the run, optimizer steps per epoch): the one clock schedules count in.
+
+    Without the data (`None`: not built) the steps per epoch are unknown and `max_steps` is the length.
+    """
+    if data is None:
+        assert tc.max_steps is not None, "a run without max_steps needs its data to know its length"
+        return tc.max_steps, None
+    steps_per_epoch = math.ceil(data.batches_per_epoch / tc.accumulation_steps)
+    return tc.max_steps or tc.epochs * steps_per_epoch, steps_per_epoch
+
+
 def build_scheduler(
-    node: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int
+    node: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int | None
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A scheduler stepped once per optimizer step.
 
     optbench's schedules are LR multipliers (`optbench.schedules.Schedule`), wrapped in one
-    `LambdaLR` so that every parameter group keeps its own base LR; any torch scheduler class
-    works too and gets the optimizer (and `total_steps` where it asks for it).
+    `ScheduledLR` (a LambdaLR) so that every parameter group keeps its own base LR; they get the
+    optimizer's base LR too, for floors given as LRs (`eta_min`). Any torch scheduler class works
+    as well and gets the optimizer (and `total_steps` where it asks for it).
     """
-    import torch
-
+    from optbench.scheduled_lr import ScheduledLR
     from optbench.schedules import Schedule
 
     target = locate(node._target_)
     kwargs = arguments(node)
+    is_schedule = inspect.isclass(target) and issubclass(target, Schedule)
     context = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
-    if inspect.isclass(target) and issubclass(target, Schedule):
-        schedule = call_with_context(target, kwargs, context)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    if is_schedule:  # not for torch's classes: CyclicLR's `base_lr` means something else
+        context["base_lr"] = optimizer.defaults.get("lr")
+    context = {k: v for k, v in context.items() if v is not None}  # unknown: leave the default
+    if is_schedule:
+        return ScheduledLR(optimizer, call_with_context(target, kwargs, context))
     return call_with_context(target, {"optimizer": optimizer, **kwargs}, context)
+
+
+def preview_scheduler(cfg: DictConfig) -> tuple[torch.optim.lr_scheduler.LRScheduler, int]:
+    """The run's scheduler on a stand-in parameter, and the run's length, without the model.
+
+    The data are built only when the length depends on them: no `trainer.max_steps`, or a
+    schedule duration in epochs.
+    """
+    import torch
+
+    from optbench.schedules import mentions_epochs
+
+    tc = TrainerConfig.from_mapping(OmegaConf.to_container(cfg.trainer, resolve=True))
+    needs_data = tc.max_steps is None or mentions_epochs(arguments(cfg.scheduler))
+    total_steps, steps_per_epoch = run_length(tc, build_data(cfg.data) if needs_data else None)
+    optimizer = build_optimizer(cfg.optimizer, torch.nn.Linear(1, 1))
+    return build_scheduler(cfg.scheduler, optimizer, total_steps, steps_per_epoch), total_steps

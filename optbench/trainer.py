@@ -18,11 +18,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from optbench import checkpoint
-from optbench.build import build_data, build_model, build_optimizer, build_scheduler
+from optbench.build import build_data, build_model, build_optimizer, build_scheduler, run_length
 from optbench.data import Batch
 from optbench.errors import ConfigError
 from optbench.progress import ProgressBar, print_summary
-from optbench.runlog import RunLog, write_summary
+from optbench.runlog import RunLog, per_group, write_summary
+from optbench.scheduled_lr import ScheduledLR, cycled_momenta
 from optbench.schema import TrainerConfig
 from optbench.tasks import Classification
 
@@ -56,9 +57,7 @@ class Trainer:
         self.task = Classification()
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
 
-        accumulation = self.tc.accumulation_steps
-        self.steps_per_epoch = math.ceil(self.data.batches_per_epoch / accumulation)
-        self.total_steps = self.tc.max_steps or self.tc.epochs * self.steps_per_epoch
+        self.total_steps, self.steps_per_epoch = run_length(self.tc, self.data)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total_steps, self.steps_per_epoch)
 
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
@@ -156,6 +155,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_lrs = [g["lr"] for g in self.optimizer.param_groups]  # the rates this step used
+        self.step_momenta = cycled_momenta(self.scheduler)  # [] unless the schedule cycles momentum
         self.scheduler.step()  # once per optimizer step: schedules count optimizer steps
         return loss_sum, grad_norm
 
@@ -197,9 +197,9 @@ class Trainer:
         elapsed = self._close_interval()
         loss = (self._loss_sum / self._loss_count).item()
         # `lr` is the rate that step number `self.step` used: the scheduler has moved on since.
-        metrics: dict[str, float] = {"loss": loss, "lr": self.step_lrs[0]}
-        for group, lr in zip(self.optimizer.param_groups[1:], self.step_lrs[1:]):
-            metrics[f"lr/{group.get('name', 'group')}"] = lr
+        groups = self.optimizer.param_groups
+        metrics: dict[str, float] = {"loss": loss, **per_group("lr", self.step_lrs, groups),
+                                     **per_group("momentum", self.step_momenta, groups)}
         if grad_norm is not None:
             norm = grad_norm.item()
             metrics["grad_norm"] = norm
@@ -235,6 +235,8 @@ class Trainer:
             count += len(batch[1])
         metrics = {name: (value / count).item() for name, value in sums.items()}
         self.runlog.write("val", self.step, self._epoch_float(), self._elapsed(), metrics)
+        if isinstance(self.scheduler, ScheduledLR):
+            self.scheduler.observe(metrics)  # plateau steps here, at evaluation
         for name, value in metrics.items():
             better = max if self.task.metrics.get(name) == "max" else min
             key = f"val/{name}"

@@ -23,7 +23,7 @@ COMPONENTS = {
     "data": set(),
     "model": {"input_shape", "num_classes"},
     "optimizer": {"params"},
-    "scheduler": {"optimizer", "total_steps", "steps_per_epoch"},
+    "scheduler": {"optimizer", "total_steps", "steps_per_epoch", "base_lr"},
 }
 
 # Ranges that hold for these optimizer arguments whatever class takes them (torch's own
@@ -37,15 +37,25 @@ OPTIMIZER_RULES: dict[str, tuple[str, typing.Callable[[Any], bool]]] = {
 }
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise ConfigError listing every problem of `cfg`, or return when it is runnable."""
+def validate_config(cfg: DictConfig, preview: bool = False) -> list[str]:
+    """Raise ConfigError listing every problem of `cfg`; return its warnings when it is runnable.
+
+    Warnings name what is runnable but cannot be what was meant (a cosine that ends before the
+    run). `preview` (for `optbench schedules`) also demotes a warmup longer than the run to a
+    warning, so that the preview can show it.
+    """
     problems = check_trainer(cfg.trainer)
     for group, supplied in COMPONENTS.items():
         problems += check_component(group, cfg[group], supplied)
     if not problems:
         problems += dry_run_optimizer(cfg.optimizer)
+    warnings: list[str] = []
+    if not problems:
+        schedule_problems, warnings = check_schedule(cfg, preview)
+        problems += schedule_problems
     if problems:
         raise ConfigError(problems)
+    return warnings
 
 
 def _fmt(value: Any) -> str:
@@ -139,3 +149,34 @@ def dry_run_optimizer(node: DictConfig) -> list[str]:
     except (ValueError, TypeError) as e:
         return [f"optimizer ({node._target_}): {e}"]
     return []
+
+
+def check_schedule(cfg: DictConfig, preview: bool) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the scheduler over the run's length, built on a stand-in parameter."""
+    import torch
+
+    from optbench.build import preview_scheduler
+    from optbench.scheduled_lr import ScheduledLR
+    from optbench.schedules import Plateau
+    from optbench.tasks import Classification
+
+    try:
+        scheduler, run_steps = preview_scheduler(cfg)
+    except ConfigError as e:
+        return e.problems, []
+    except (ValueError, TypeError) as e:  # a torch scheduler's own argument checks
+        return [f"scheduler ({cfg.scheduler._target_}): {e}"], []
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return [f"scheduler._target_={cfg.scheduler._target_}: steps on a metric, not once per "
+                f"optimizer step; use scheduler=plateau (scheduler.metric names the metric)."], []
+    if not isinstance(scheduler, ScheduledLR):
+        return [], []
+    schedule = scheduler.schedule
+    problems, warnings = [], schedule.warnings(run_steps)
+    if isinstance(schedule, Plateau) and schedule.metric not in Classification.metrics:
+        problems.append(f"scheduler.metric={schedule.metric!r}: never logged; the evaluation logs "
+                        f"{', '.join(Classification.metrics)}.")
+    warmup = schedule.warmup_problem(run_steps)
+    if warmup is not None:
+        (warnings if preview else problems).append(warmup)
+    return problems, warnings
