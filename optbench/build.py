@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from optbench.data import InMemoryData
+    from optbench.schedules import Schedule
 
 
 def locate(target: str) -> Any:
@@ -100,43 +101,65 @@ def run_length(tc: TrainerConfig, data: InMemoryData | None) -> tuple[int, int |
     return tc.max_steps or tc.epochs * steps_per_epoch, steps_per_epoch
 
 
+def is_schedule(node: DictConfig) -> bool:
+    """Whether the scheduler config names one of optbench's schedules (an LR multiplier)."""
+    from optbench.schedules import Schedule
+
+    target = locate(node._target_)
+    return inspect.isclass(target) and issubclass(target, Schedule)
+
+
+def build_schedule(node: DictConfig, total_steps: int, steps_per_epoch: int | None, base_lr: float | None) -> Schedule:
+    """optbench's LR multiplier (no torch needed); `base_lr` turns floors given as LRs into ratios."""
+    context = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "base_lr": base_lr}
+    context = {k: v for k, v in context.items() if v is not None}  # unknown: leave the default
+    return call_with_context(locate(node._target_), arguments(node), context)
+
+
 def build_scheduler(
     node: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int | None
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A scheduler stepped once per optimizer step.
 
     optbench's schedules are LR multipliers (`optbench.schedules.Schedule`), wrapped in one
-    `ScheduledLR` (a LambdaLR) so that every parameter group keeps its own base LR; they get the
-    optimizer's base LR too, for floors given as LRs (`eta_min`). Any torch scheduler class works
-    as well and gets the optimizer (and `total_steps` where it asks for it).
+    `ScheduledLR` (a LambdaLR) so that every parameter group keeps its own base LR. Any torch
+    scheduler class works too and gets the optimizer (and `total_steps` where it asks for it).
     """
-    from optbench.scheduled_lr import ScheduledLR
-    from optbench.schedules import Schedule
+    if is_schedule(node):
+        from optbench.scheduled_lr import ScheduledLR
 
-    target = locate(node._target_)
-    kwargs = arguments(node)
-    is_schedule = inspect.isclass(target) and issubclass(target, Schedule)
+        schedule = build_schedule(node, total_steps, steps_per_epoch, optimizer.defaults.get("lr"))
+        return ScheduledLR(optimizer, schedule)
     context = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
-    if is_schedule:  # not for torch's classes: CyclicLR's `base_lr` means something else
-        context["base_lr"] = optimizer.defaults.get("lr")
-    context = {k: v for k, v in context.items() if v is not None}  # unknown: leave the default
-    if is_schedule:
-        return ScheduledLR(optimizer, call_with_context(target, kwargs, context))
-    return call_with_context(target, {"optimizer": optimizer, **kwargs}, context)
+    context = {k: v for k, v in context.items() if v is not None}
+    return call_with_context(locate(node._target_), {"optimizer": optimizer, **arguments(node)}, context)
 
 
-def preview_scheduler(cfg: DictConfig) -> tuple[torch.optim.lr_scheduler.LRScheduler, int]:
-    """The run's scheduler on a stand-in parameter, and the run's length, without the model.
-
-    The data are built only when the length depends on them: no `trainer.max_steps`, or a
-    schedule duration in epochs.
-    """
+def stand_in_scheduler(cfg: DictConfig, total_steps: int, steps_per_epoch: int | None) -> torch.optim.lr_scheduler.LRScheduler:
+    """The configured scheduler on the configured optimizer over a stand-in parameter (no model)."""
     import torch
 
+    optimizer = build_optimizer(cfg.optimizer, torch.nn.Linear(1, 1))
+    return build_scheduler(cfg.scheduler, optimizer, total_steps, steps_per_epoch)
+
+
+def run_length(tc: TrainerConfig, data: InMemoryData | None) -> tuple[int, int | None]:
+    """(optimizer steps in the run, optimizer steps per epoch): the one clock schedules count in.
+
+    Without the data (`None`: not built) the steps per epoch are unknown and `max_steps` is the length.
+    """
+    if data is None:
+        assert tc.max_steps is not None, "a run without max_steps needs its data to know its length"
+        return tc.max_steps, None
+    steps_per_epoch = math.ceil(data.batches_per_epoch / tc.accumulation_steps)
+    return tc.max_steps or tc.epochs * steps_per_epoch, steps_per_epoch
+
+
+def planned_length(cfg: DictConfig) -> tuple[int, int | None]:
+    """`run_length` of a config before the run, building the data only when the length depends
+    on them: no `trainer.max_steps`, or a schedule duration in epochs."""
     from optbench.schedules import mentions_epochs
 
     tc = TrainerConfig.from_mapping(OmegaConf.to_container(cfg.trainer, resolve=True))
     needs_data = tc.max_steps is None or mentions_epochs(arguments(cfg.scheduler))
-    total_steps, steps_per_epoch = run_length(tc, build_data(cfg.data) if needs_data else None)
-    optimizer = build_optimizer(cfg.optimizer, torch.nn.Linear(1, 1))
-    return build_scheduler(cfg.scheduler, optimizer, total_steps, steps_per_epoch), total_steps
+    return run_length(tc, build_data(cfg.data) if needs_data else None)

@@ -127,10 +127,10 @@ class Schedule:
         """What about this schedule over a run of `run_steps` steps cannot be what was meant."""
         if self.total_steps == run_steps:
             return []
-        after = "holds its last value for the rest" if self.total_steps < run_steps else "is cut off by the end"
+        which = "the schedule ends before the run" if self.total_steps < run_steps else "the run ends first"
         return [
             f"scheduler.total_steps={self.total_steps}: the schedule is planned for {self.total_steps} "
-            f"optimizer steps but the run has {run_steps}; it {after} of the run."
+            f"optimizer steps but the run has {run_steps}: {which}."
         ]
 
 
