@@ -109,7 +109,9 @@ def is_schedule(node: DictConfig) -> bool:
     return inspect.isclass(target) and issubclass(target, Schedule)
 
 
-def build_schedule(node: DictConfig, total_steps: int, steps_per_epoch: int | None, base_lr: float | None) -> Schedule:
+def build_schedule(
+    node: DictConfig, total_steps: int, steps_per_epoch: int | None, base_lr: float | None
+) -> Schedule:
     """optbench's LR multiplier (no torch needed); `base_lr` turns floors given as LRs into ratios."""
     context = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "base_lr": base_lr}
     context = {k: v for k, v in context.items() if v is not None}  # unknown: leave the default
@@ -135,7 +137,9 @@ def build_scheduler(
     return call_with_context(locate(node._target_), {"optimizer": optimizer, **arguments(node)}, context)
 
 
-def stand_in_scheduler(cfg: DictConfig, total_steps: int, steps_per_epoch: int | None) -> torch.optim.lr_scheduler.LRScheduler:
+def stand_in_scheduler(
+    cfg: DictConfig, total_steps: int, steps_per_epoch: int | None
+) -> torch.optim.lr_scheduler.LRScheduler:
     """The configured scheduler on the configured optimizer over a stand-in parameter (no model)."""
     import torch
 

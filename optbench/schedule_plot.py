@@ -100,7 +100,8 @@ def build_curves(overrides: list[str]) -> tuple[list[tuple[str, dict[str, list[f
                              f"without training none is shown.")
             curves.append((label, trace_schedule(schedule, base_lr, run_steps)))
         else:
-            curves.append((label, trace_scheduler(stand_in_scheduler(cfg, run_steps, steps_per_epoch), run_steps)))
+            scheduler = stand_in_scheduler(cfg, run_steps, steps_per_epoch)
+            curves.append((label, trace_scheduler(scheduler, run_steps)))
     return curves, notes
 
 

@@ -95,7 +95,8 @@ class Schedule:
             steps = value
         if steps < minimum:
             shown = value if steps == value else f"{value!r} ({steps} steps)"
-            raise ConfigError(f"scheduler.{key}={shown}: must be at least {minimum} step{'s' * (minimum != 1)}.")
+            unit = "step" if minimum == 1 else "steps"
+            raise ConfigError(f"scheduler.{key}={shown}: must be at least {minimum} {unit}.")
         return steps
 
     def __call__(self, step: int) -> float:

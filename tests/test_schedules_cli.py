@@ -82,7 +82,8 @@ def test_schedules_shows_a_warmup_longer_than_the_run_with_a_warning(workdir):
 
 
 BAD_INPUT = {
-    "milestones not increasing": (["scheduler=multistep", "scheduler.milestones=[300,100]"], "scheduler.milestones"),
+    "milestones not increasing": (["scheduler=multistep", "scheduler.milestones=[300,100]"],
+                                  "scheduler.milestones"),
     "T_0 below 1": (["scheduler=cosine_restarts", "scheduler.T_0=0"], "scheduler.T_0"),
     "pct_start 0": (["scheduler=onecycle", "scheduler.pct_start=0.0"], "scheduler.pct_start"),
     "pct_start 1.5": (["scheduler=onecycle", "scheduler.pct_start=1.5"], "scheduler.pct_start"),
@@ -137,7 +138,8 @@ def test_a_run_logs_the_lr_and_cycled_momentum_each_step_used(tmp_path):
 def test_plateau_reduces_the_lr_from_the_step_after_an_evaluation(tmp_path):
     # An absolute threshold of 100 makes every evaluation after the first a bad one.
     overrides = ["scheduler=plateau", "scheduler.patience=0", "scheduler.threshold_mode=abs",
-                 "scheduler.threshold=100", "scheduler.factor=0.5", "trainer.eval_every=3", "trainer.max_steps=9"]
+                 "scheduler.threshold=100", "scheduler.factor=0.5", "trainer.eval_every=3",
+                 "trainer.max_steps=9"]
     lines = train(tmp_path, overrides)
     lrs = [m["lr"] for m in lines if m["split"] == "train"]
     assert [m["step"] for m in lines if m["split"] == "val"] == [3, 6, 9]
