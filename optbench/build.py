@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from optbench.schema import TrainerConfig
 
 if TYPE_CHECKING:
     import torch
 
     from optbench.data import InMemoryData
+    from optbench.schedules import Schedule
 
 
 def locate(target: str) -> Any:
@@ -90,23 +94,70 @@ def build_optimizer(node: DictConfig, model: torch.nn.Module, params: DictConfig
     return locate(node._target_)(build_param_groups(params, model, kwargs.get("lr")), **kwargs)
 
 
+def is_schedule(node: DictConfig) -> bool:
+    """Whether the scheduler config names one of optbench's schedules (an LR multiplier)."""
+    from optbench.schedules import Schedule
+
+    target = locate(node._target_)
+    return inspect.isclass(target) and issubclass(target, Schedule)
+
+
+def build_schedule(
+    node: DictConfig, total_steps: int, steps_per_epoch: int | None, base_lr: float | None
+) -> Schedule:
+    """optbench's LR multiplier (no torch needed); `base_lr` turns floors given as LRs into ratios."""
+    context = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "base_lr": base_lr}
+    context = {k: v for k, v in context.items() if v is not None}  # unknown: leave the default
+    return call_with_context(locate(node._target_), arguments(node), context)
+
+
 def build_scheduler(
-    node: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int
+    node: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int | None
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A scheduler stepped once per optimizer step.
 
     optbench's schedules are LR multipliers (`optbench.schedules.Schedule`), wrapped in one
-    `LambdaLR` so that every parameter group keeps its own base LR; any torch scheduler class
-    works too and gets the optimizer (and `total_steps` where it asks for it).
+    `ScheduledLR` (a LambdaLR) so that every parameter group keeps its own base LR. Any torch
+    scheduler class works too and gets the optimizer (and `total_steps` where it asks for it).
     """
+    if is_schedule(node):
+        from optbench.scheduled_lr import ScheduledLR
+
+        schedule = build_schedule(node, total_steps, steps_per_epoch, optimizer.defaults.get("lr"))
+        return ScheduledLR(optimizer, schedule)
+    context = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
+    context = {k: v for k, v in context.items() if v is not None}
+    return call_with_context(locate(node._target_), {"optimizer": optimizer, **arguments(node)}, context)
+
+
+def stand_in_scheduler(
+    cfg: DictConfig, total_steps: int, steps_per_epoch: int | None
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The configured scheduler on the configured optimizer over a stand-in parameter (no model)."""
     import torch
 
-    from optbench.schedules import Schedule
+    stand_in = [{"name": "all", "params": list(torch.nn.Linear(1, 1).parameters())}]
+    optimizer = locate(cfg.optimizer._target_)(stand_in, **arguments(cfg.optimizer))
+    return build_scheduler(cfg.scheduler, optimizer, total_steps, steps_per_epoch)
 
-    target = locate(node._target_)
-    kwargs = arguments(node)
-    context = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
-    if inspect.isclass(target) and issubclass(target, Schedule):
-        schedule = call_with_context(target, kwargs, context)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    return call_with_context(target, {"optimizer": optimizer, **kwargs}, context)
+
+def run_length(tc: TrainerConfig, data: InMemoryData | None) -> tuple[int, int | None]:
+    """(optimizer steps in the run, optimizer steps per epoch): the one clock schedules count in.
+
+    Without the data (`None`: not built) the steps per epoch are unknown and `max_steps` is the length.
+    """
+    if data is None:
+        assert tc.max_steps is not None, "a run without max_steps needs its data to know its length"
+        return tc.max_steps, None
+    steps_per_epoch = math.ceil(data.batches_per_epoch / tc.accumulation_steps)
+    return tc.max_steps or tc.epochs * steps_per_epoch, steps_per_epoch
+
+
+def planned_length(cfg: DictConfig) -> tuple[int, int | None]:
+    """`run_length` of a config before the run, building the data only when the length depends
+    on them: no `trainer.max_steps`, or a schedule duration in epochs."""
+    from optbench.schedules import mentions_epochs
+
+    tc = TrainerConfig.from_mapping(OmegaConf.to_container(cfg.trainer, resolve=True))
+    needs_data = tc.max_steps is None or mentions_epochs(arguments(cfg.scheduler))
+    return run_length(tc, build_data(cfg.data) if needs_data else None)

@@ -94,7 +94,13 @@ def _not_yet(name: str) -> Callable[[list[str]], int]:
     return command
 
 
-HANDLERS: dict[str, Callable[[list[str]], int]] = {"run": _run, "list": list_options}
+def _schedules(args: list[str]) -> int:
+    from optbench.schedule_plot import main as schedules
+
+    return schedules(args)
+
+
+HANDLERS: dict[str, Callable[[list[str]], int]] = {"run": _run, "list": list_options, "schedules": _schedules}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,17 +127,20 @@ def validate_overrides(overrides: list[str], multirun: bool) -> DictConfig:
 
     variants = sweep_variants(overrides) if multirun else iter([overrides])
     problems: list[str] = []
+    warnings: list[str] = []
     first: DictConfig | None = None
     for variant in variants:
         try:
             cfg = compose(variant)
-            validate_config(cfg)
+            warnings.extend(w for w in validate_config(cfg) if w not in warnings)
             if first is None:
                 first = cfg
         except ConfigError as e:
             problems.extend(p for p in e.problems if p not in problems)
     if problems:
         raise ConfigError(problems)
+    for warning in warnings:
+        print(f"optbench: warning: {warning}", file=sys.stderr)
     assert first is not None
     if not multirun:
         _refuse_to_overwrite(first)

@@ -14,12 +14,16 @@ TRAIN_TAGS = {
     "samples_per_s": "throughput/samples_per_s",
 }
 
+# Train metrics logged per parameter group: `name` for the first group, `name/<group>` for others.
+GROUP_METRICS = ("lr", "momentum")
+
 
 class RunLog:
     """Appends metric lines to `metrics.jsonl` and mirrors them as TensorBoard scalars.
 
-    `first_group` is the name of the first parameter group: its LR is logged as `lr` in
-    metrics.jsonl (the contract) and as `lr/<name>` in TensorBoard, like every other group's.
+    `first_group` is the name of the first parameter group: its LR (and cycled momentum) is
+    logged as `lr` (`momentum`) in metrics.jsonl (the contract) and as `lr/<name>`
+    (`momentum/<name>`) in TensorBoard, like every other group's.
     """
 
     def __init__(self, run_dir: Path, first_group: str, tensorboard: bool, resume_step: int | None = None):
@@ -60,9 +64,9 @@ class RunLog:
     def _tag(self, split: str, name: str) -> str:
         if split != "train":
             return f"{split}/{name}"
-        if name == "lr":
-            return f"lr/{self.first_group}"
-        if name.startswith("lr/"):
+        if name in GROUP_METRICS:
+            return f"{name}/{self.first_group}"
+        if name.split("/")[0] in GROUP_METRICS:
             return name
         return TRAIN_TAGS.get(name, f"train/{name}")
 
@@ -79,6 +83,14 @@ def _truncate_after(path: Path, step: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
     path.write_text("".join(f"{line}\n" for line in kept))
+
+
+def per_group(name: str, values: list[float], groups: list[dict[str, Any]]) -> dict[str, float]:
+    """One value per parameter group as train metrics: `name` for the first, `name/<group>` after."""
+    metrics = {}
+    for i, (group, value) in enumerate(zip(groups, values)):
+        metrics[name if i == 0 else f"{name}/{group.get('name', f'group{i}')}"] = value
+    return metrics
 
 
 def json_safe(value: Any) -> Any:

@@ -19,13 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from optbench import checkpoint
-from optbench.build import build_data, build_model, build_optimizer, build_scheduler
+from optbench.build import build_data, build_model, build_optimizer, build_scheduler, run_length
 from optbench.clipping import adaptive_clip_
 from optbench.data import Batch
 from optbench.diagnostics import Diagnostics
 from optbench.errors import ConfigError
 from optbench.progress import ProgressBar, print_summary
-from optbench.runlog import RunLog, write_summary
+from optbench.runlog import RunLog, per_group, write_summary
+from optbench.scheduled_lr import ScheduledLR, cycled_momenta
 from optbench.schema import TrainerConfig
 from optbench.tasks import Classification
 
@@ -66,9 +67,7 @@ class Trainer:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.tc.ema.decay),
                                      use_buffers=True)
 
-        accumulation = self.tc.accumulation_steps
-        self.steps_per_epoch = math.ceil(self.data.batches_per_epoch / accumulation)
-        self.total_steps = self.tc.max_steps or self.tc.epochs * self.steps_per_epoch
+        self.total_steps, self.steps_per_epoch = run_length(self.tc, self.data)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total_steps, self.steps_per_epoch)
 
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
@@ -189,6 +188,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         self.step_lrs = [g["lr"] for g in self.optimizer.param_groups]  # the rates this step used
+        self.step_momenta = cycled_momenta(self.scheduler)  # [] unless the schedule cycles momentum
         self.scheduler.step()  # once per optimizer step: schedules count optimizer steps
         return loss_sum, grad_norm
 
@@ -217,6 +217,7 @@ class Trainer:
         self.scaler.update()
         self.skipped_steps += 1
         self.step_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.step_momenta = cycled_momenta(self.scheduler)
         self.scheduler.step()  # the clock counts the step even though no update was made
 
     def _gradient_sync(self, last: bool) -> Any:
@@ -274,9 +275,9 @@ class Trainer:
         steps = self.step - self._interval_first_step + 1
         loss = (self._loss_sum / self._loss_count).item() if self._loss_count else math.nan
         # `lr` is the rate that step number `self.step` used: the scheduler has moved on since.
-        metrics: dict[str, float] = {"loss": loss, "lr": self.step_lrs[0]}
-        for group, lr in zip(self.optimizer.param_groups[1:], self.step_lrs[1:]):
-            metrics[f"lr/{group.get('name', 'group')}"] = lr
+        groups = self.optimizer.param_groups
+        metrics: dict[str, float] = {"loss": loss, **per_group("lr", self.step_lrs, groups),
+                                     **per_group("momentum", self.step_momenta, groups)}
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm.item()
             if self.tc.clip_norm is not None:
@@ -318,6 +319,8 @@ class Trainer:
         if self.ema is not None:
             metrics.update({f"ema_{k}": v for k, v in self._evaluate(self.ema.module).items()})
         self.runlog.write("val", self.step, self._epoch_float(), self._elapsed(), metrics)
+        if isinstance(self.scheduler, ScheduledLR):
+            self.scheduler.observe(metrics)  # plateau steps here, at evaluation
         for name, value in metrics.items():
             mode = self.task.metrics.get(name.removeprefix("ema_"), "min")
             key = f"val/{name}"

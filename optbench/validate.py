@@ -25,7 +25,7 @@ COMPONENTS = {
     "params": set(),
     "model": {"input_shape", "num_classes"},
     "optimizer": {"params"},
-    "scheduler": {"optimizer", "total_steps", "steps_per_epoch"},
+    "scheduler": {"optimizer", "total_steps", "steps_per_epoch", "base_lr"},
 }
 
 # Ranges that hold for these optimizer arguments whatever class takes them (torch's own
@@ -39,15 +39,25 @@ OPTIMIZER_RULES: dict[str, tuple[str, typing.Callable[[Any], bool]]] = {
 }
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise ConfigError listing every problem of `cfg`, or return when it is runnable."""
+def validate_config(cfg: DictConfig, preview: bool = False) -> list[str]:
+    """Raise ConfigError listing every problem of `cfg`; return its warnings when it is runnable.
+
+    Warnings name what is runnable but cannot be what was meant (a cosine that ends before the
+    run). `preview` (for `optbench schedules`) checks only what a schedule preview uses (trainer
+    and scheduler), and demotes a warmup longer than the run to a warning so that it is shown.
+    """
     problems = check_trainer(cfg.trainer)
-    for group, supplied in COMPONENTS.items():
-        problems += check_component(group, cfg[group], supplied)
-    if not problems:
+    for group in ("scheduler",) if preview else COMPONENTS:
+        problems += check_component(group, cfg[group], COMPONENTS[group])
+    if not problems and not preview:
         problems += dry_run_optimizer(cfg.optimizer)
+    warnings: list[str] = []
+    if not problems:
+        schedule_problems, warnings = check_schedule(cfg, preview)
+        problems += schedule_problems
     if problems:
         raise ConfigError(problems)
+    return warnings
 
 
 def _fmt(value: Any) -> str:
@@ -153,3 +163,47 @@ def dry_run_optimizer(node: DictConfig) -> list[str]:
     except (ValueError, TypeError) as e:
         return [f"optimizer ({node._target_}): {e}"]
     return []
+
+
+def check_schedule(cfg: DictConfig, preview: bool) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the scheduler over the run's length.
+
+    A run's check builds the scheduler on its optimizer over a stand-in parameter; a preview of
+    one of optbench's schedules builds the schedule alone, which needs no torch.
+    """
+    from optbench.build import build_schedule, is_schedule, planned_length, stand_in_scheduler
+    from optbench.schedules import Plateau
+
+    try:
+        run_steps, steps_per_epoch = planned_length(cfg)
+        if preview and is_schedule(cfg.scheduler):
+            schedule = build_schedule(cfg.scheduler, run_steps, steps_per_epoch, cfg.optimizer.get("lr"))
+        else:
+            import torch
+
+            scheduler = stand_in_scheduler(cfg, run_steps, steps_per_epoch)
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                return [f"scheduler._target_={cfg.scheduler._target_}: steps on a metric, not once per "
+                        f"optimizer step; use scheduler=plateau (scheduler.metric names the metric)."], []
+            schedule = getattr(scheduler, "schedule", None)
+    except ConfigError as e:
+        return e.problems, []
+    except (ValueError, TypeError) as e:  # a torch scheduler's own argument checks
+        return [f"scheduler ({cfg.scheduler._target_}): {e}"], []
+    if schedule is None:  # a torch scheduler: nothing more to know about it
+        return [], []
+    problems, warnings = [], schedule.warnings(run_steps)
+    if isinstance(schedule, Plateau) and schedule.metric not in validation_metrics():
+        problems.append(f"scheduler.metric={schedule.metric!r}: never logged; the evaluation logs "
+                        f"{', '.join(validation_metrics())}.")
+    warmup = schedule.warmup_problem(run_steps)
+    if warmup is not None:
+        (warnings if preview else problems).append(warmup)
+    return problems, warnings
+
+
+def validation_metrics() -> list[str]:
+    """The metrics that each evaluation logs (imported late: the task module needs torch)."""
+    from optbench.tasks import Classification
+
+    return list(Classification.metrics)
