@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -12,12 +13,18 @@ import torch
 
 from optbench.errors import ConfigError
 
+log = logging.getLogger("optbench")
+
+PREVIOUS = "previous.pt"  # the checkpoint that the newest one replaced
+
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write `state` to `path` so that `path` is always a complete checkpoint.
 
     The bytes go to a temporary file that is flushed to disk and then renamed over `path`
     (a rename is atomic on POSIX): a crash mid-write leaves the previous checkpoint intact.
+    The checkpoint it replaces stays as `previous.pt` beside it, in case the newest one is
+    ever damaged after it was written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -25,10 +32,15 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
+    if path.exists():
+        keep = path.with_name(".previous.pt.tmp")
+        keep.unlink(missing_ok=True)
+        os.link(path, keep)  # a second name for the old checkpoint, then an atomic rename
+        os.replace(keep, path.with_name(PREVIOUS))
     os.replace(tmp, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(directory)  # make the rename itself durable
+        os.fsync(directory)  # make the renames themselves durable
     finally:
         os.close(directory)
 
@@ -41,10 +53,29 @@ def load(path: Path, key: str = "trainer.resume") -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, foreign or tampered files raise many types.
         reason = " ".join(str(e).split())[:300]
+        if "weights_only" in reason or "Unsupported global" in reason:
+            reason = "it holds pickled code or objects, which optbench never loads"
         raise ConfigError(f"{key}={path}: not a readable optbench checkpoint ({reason}).") from None
     if not isinstance(state, dict) or "model" not in state or "progress" not in state:
         raise ConfigError(f"{key}={path}: not an optbench checkpoint (no model or progress in it).")
     return state
+
+
+def newest_complete(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in `folder` that loads (`last.pt`, else `previous.pt`), and its state."""
+    problems = []
+    for name in ("last.pt", PREVIOUS):
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            return path, load(path)
+        except ConfigError as e:
+            problems.append(str(e))
+            log.warning("skipping %s: %s", path, e)
+    if problems:
+        raise ConfigError(f"trainer.resume=auto: no complete checkpoint in {folder}: " + " ".join(problems))
+    return None
 
 
 def rng_state() -> dict[str, Any]:

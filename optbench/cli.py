@@ -86,6 +86,12 @@ def _run(args: list[str]) -> int:
     return run(args)
 
 
+def _check(args: list[str]) -> int:
+    from optbench.app import check
+
+    return check(args)
+
+
 def _not_yet(name: str) -> Callable[[list[str]], int]:
     def command(args: list[str]) -> int:
         print(f"optbench {name}: not yet available in optbench {__version__}.", file=sys.stderr)
@@ -100,7 +106,7 @@ def _schedules(args: list[str]) -> int:
     return schedules(args)
 
 
-HANDLERS: dict[str, Callable[[list[str]], int]] = {"run": _run, "list": list_options, "schedules": _schedules}
+HANDLERS: dict[str, Callable[[list[str]], int]] = {"run": _run, "check": _check, "list": list_options, "schedules": _schedules}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from optbench.clipping import adaptive_clip_
 from optbench.data import Batch
 from optbench.diagnostics import Diagnostics
 from optbench.errors import ConfigError
+from optbench.preemption import Interrupted, StopRequests
 from optbench.progress import ProgressBar, print_summary
 from optbench.runlog import RunLog, per_group, write_summary
 from optbench.scheduled_lr import ScheduledLR, cycled_momenta
@@ -45,6 +46,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda: no CUDA device is available here; use auto or cpu.")
     return torch.device(name)
+
+
+def config_differences(saved: dict[str, Any], cfg: DictConfig) -> str:
+    """`: it differs in model.depth (20 -> 32), ...` between a checkpoint's config and `cfg`."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    changed = []
+    for group in ("model", "data", "optimizer", "params", "scheduler"):
+        old, new = saved.get(group, {}), current.get(group, {})
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                changed.append(f"{group}.{key} ({old.get(key)} -> {new.get(key)})")
+    return f": it differs in {', '.join(changed[:6])}" if changed else ""
 
 
 class Trainer:
@@ -110,21 +123,25 @@ class Trainer:
                              self.tc.tensorboard, resume_step=self.step if resumed_from else None)
         self._start = time.perf_counter() - self.train_time
         self._reset_interval()
-        status = "completed"
+        status, checkpoint_at_end = "completed", True
         try:
-            with ProgressBar(self.total_steps, self.step, self.tc.progress) as self.progress:
+            with StopRequests() as self.stop_requests, ProgressBar(
+                self.total_steps, self.step, self.tc.progress
+            ) as self.progress:
                 while self.step < self.total_steps:
                     self._train_epoch()
         except Diverged as e:
             status = "diverged"
             self.divergence["message"] = str(e)
             log.warning("run diverged: %s", e)
-        except KeyboardInterrupt:
+        except Interrupted as e:
             status = "interrupted"
-            log.warning("interrupted at step %d; checkpointing so the same command resumes", self.step)
-        if status != "diverged":
-            if self.last_val.get("_step") != self.step:
-                self.evaluate()
+            log.warning("%s at step %d; checkpointed: the same command resumes", e, self.step)
+        except KeyboardInterrupt:  # a second Ctrl-C, possibly mid-step: no checkpoint of that state
+            status, checkpoint_at_end = "interrupted", False
+        if status == "completed" and self.last_val.get("_step") != self.step:
+            self.evaluate()
+        if status != "diverged" and checkpoint_at_end:
             self.save_checkpoint()
         summary = self.summary(status)
         write_summary(self.run_dir, summary)
@@ -151,6 +168,7 @@ class Trainer:
                 group = []
                 if self.step >= self.total_steps:
                     return
+                self.stop_requests.check()  # a stop signal takes effect here, between steps
         self.epoch += 1
         self.batch_in_epoch = 0
 
@@ -396,13 +414,21 @@ class Trainer:
         if self.tc.resume is None:
             return None
         if self.tc.resume == "auto":
-            path = self.run_dir / "checkpoints" / "last.pt"
-            if not path.exists():
+            found = checkpoint.newest_complete(self.run_dir / "checkpoints")
+            if found is None:
                 log.info("trainer.resume=auto: no checkpoint in %s, starting afresh", self.run_dir)
                 return None
+            path, state = found
         else:
             path = Path(self.tc.resume).expanduser()
-        self.load_state_dict(checkpoint.load(path))
+            state = checkpoint.load(path)
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ConfigError(
+                f"trainer.resume={path}: the checkpoint does not fit this configuration"
+                f"{config_differences(state.get('config', {}), self.cfg)} ({' '.join(str(e).split())[:200]})."
+            ) from None
         log.info("resumed from %s at step %d", path, self.step)
         return path
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 
@@ -37,13 +40,14 @@ def test_interrupted_run_resumes_bitwise(tmp_path, monkeypatch, stop_at):
     interrupted = make(common, tmp_path / "split")
     original = Trainer.train_step
 
-    def stop(self, *args, **kwargs):  # Ctrl-C arrives before optimizer step `stop_at + 1`
-        if self.step == stop_at:
-            raise KeyboardInterrupt
+    def stop(self, *args, **kwargs):  # SIGTERM arrives during optimizer step `stop_at`
+        if self.step == stop_at - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "train_step", stop)
-    assert interrupted.fit()["status"] == "interrupted"
+    summary = interrupted.fit()
+    assert summary["status"] == "interrupted" and summary["steps"] == stop_at  # finished that step
     monkeypatch.setattr(Trainer, "train_step", original)
 
     resumed = make([*common, "trainer.resume=auto"], tmp_path / "split")
