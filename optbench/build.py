@@ -82,7 +82,20 @@ def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
 
 
 def build_optimizer(node: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    return locate(node._target_)(param_groups(model), **arguments(node))
+    return optimizer_from(node, param_groups(model))
+
+
+def optimizer_from(node: DictConfig, params: Any) -> torch.optim.Optimizer:
+    """The optimizer that `node` configures, over `params` (passed as `params` where it asks).
+
+    A key whose value is itself a component (Lookahead's `inner`) is built first, over the same
+    parameters, and passed as that argument: a wrapper gets the optimizer it wraps.
+    """
+    kwargs = arguments(node)
+    for key, value in node.items():
+        if isinstance(value, DictConfig) and "_target_" in value:
+            kwargs[str(key)] = optimizer_from(value, params)
+    return call_with_context(locate(node._target_), kwargs, {"params": params})
 
 
 def build_scheduler(

@@ -155,6 +155,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        # Curvature-based optimizers (SophiaG) refresh their Hessian estimate every k steps.
+        if hasattr(self.optimizer, "wants_hessian") and self.optimizer.wants_hessian(self.step + 1):
+            self.optimizer.update_hessian(self.model, micro_batches[-1][0])
         self.step_lrs = [g["lr"] for g in self.optimizer.param_groups]  # the rates this step used
         self.scheduler.step()  # once per optimizer step: schedules count optimizer steps
         return loss_sum, grad_norm

@@ -30,7 +30,9 @@ COMPONENTS = {
 # optimizers have no annotations to read them from).
 OPTIMIZER_RULES: dict[str, tuple[str, typing.Callable[[Any], bool]]] = {
     "lr": (">= 0", lambda v: v >= 0),
-    "eps": (">= 0", lambda v: v >= 0),
+    # A pair for Adafactor (torch's: null or a number, then a number).
+    "eps": (">= 0 (or a list of such numbers or null)",
+            lambda v: all(e is None or e >= 0 for e in (v if isinstance(v, (list, tuple)) else [v]))),
     "weight_decay": (">= 0", lambda v: v >= 0),
     "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
     "betas": ("a pair of numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
@@ -42,6 +44,8 @@ def validate_config(cfg: DictConfig) -> None:
     problems = check_trainer(cfg.trainer)
     for group, supplied in COMPONENTS.items():
         problems += check_component(group, cfg[group], supplied)
+    for key, node in wrapped_optimizers(cfg.optimizer):
+        problems += check_component(key, node, COMPONENTS["optimizer"])
     if not problems:
         problems += dry_run_optimizer(cfg.optimizer)
     if problems:
@@ -91,6 +95,8 @@ def check_component(group: str, node: DictConfig, supplied: set[str]) -> list[st
     hints = _hints(obj)
     problems = []
     for key, value in kwargs.items():
+        if isinstance(value, dict) and "_target_" in value:
+            continue  # a wrapped optimizer: checked on its own (wrapped_optimizers)
         if names is not None and key not in names:
             allowed = sorted(names - supplied - {"self"})
             problems.append(
@@ -101,10 +107,10 @@ def check_component(group: str, node: DictConfig, supplied: set[str]) -> list[st
         expected = check_value(hints.get(key, Any), value)
         if expected is not None:
             problems.append(f"{group}.{key}={_fmt(value)}: must be {expected}.")
-        elif group == "optimizer" and key in OPTIMIZER_RULES and value is not None:
+        elif group.startswith("optimizer") and key in OPTIMIZER_RULES and value is not None:
             rule, ok = OPTIMIZER_RULES[key]
             if not _safe(ok, value):
-                problems.append(f"optimizer.{key}={_fmt(value)}: must be {rule}.")
+                problems.append(f"{group}.{key}={_fmt(value)}: must be {rule}.")
     for name, param in signature.parameters.items():
         required = param.default is inspect.Parameter.empty and param.kind in (
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -130,12 +136,23 @@ def _hints(obj: Any) -> dict[str, Any]:
         return {}
 
 
+def wrapped_optimizers(node: DictConfig, key: str = "optimizer") -> list[tuple[str, DictConfig]]:
+    """(key, node) of each optimizer nested in an optimizer's config (Lookahead's `inner`)."""
+    found = []
+    for name, value in node.items():
+        if isinstance(value, DictConfig) and "_target_" in value:
+            found += [(f"{key}.{name}", value), *wrapped_optimizers(value, f"{key}.{name}")]
+    return found
+
+
 def dry_run_optimizer(node: DictConfig) -> list[str]:
     """Construct the optimizer on one dummy parameter: its own argument checks speak too."""
     import torch
 
+    from optbench.build import optimizer_from
+
     try:
-        locate(node._target_)([torch.zeros(1, requires_grad=True)], **arguments(node))
+        optimizer_from(node, [torch.zeros(1, requires_grad=True)])
     except (ValueError, TypeError) as e:
         return [f"optimizer ({node._target_}): {e}"]
     return []
