@@ -26,6 +26,11 @@ COMPONENTS = {
     "scheduler": {"optimizer", "total_steps", "steps_per_epoch"},
 }
 
+# Optional packages that configs name, and how to get them.
+INSTALL_HINTS = {
+    "bitsandbytes": " 8-bit optimizers need it: pip install 'bitsandbytes>=0.50' (CPU from 0.50, or CUDA).",
+}
+
 # Ranges that hold for these optimizer arguments whatever class takes them (torch's own
 # optimizers have no annotations to read them from).
 OPTIMIZER_RULES: dict[str, tuple[str, typing.Callable[[Any], bool]]] = {
@@ -85,7 +90,8 @@ def check_component(group: str, node: DictConfig, supplied: set[str]) -> list[st
         obj = locate(target)
     except Exception as e:  # ImportError, AttributeError, ...: all mean the path is wrong.
         reason = " ".join(str(e).split())
-        return [f"{group}._target_={target}: cannot be imported ({reason})."]
+        hint = INSTALL_HINTS.get(target.split(".")[0], "")
+        return [f"{group}._target_={target}: cannot be imported ({reason}).{hint}"]
     try:
         signature = inspect.signature(obj)
     except (TypeError, ValueError):
