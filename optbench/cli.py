@@ -88,7 +88,13 @@ def _not_yet(name: str) -> Callable[[list[str]], int]:
     return command
 
 
-HANDLERS: dict[str, Callable[[list[str]], int]] = {"run": _run, "list": list_options}
+def _bench(args: list[str]) -> int:
+    from optbench.bench import main as bench
+
+    return bench(args)
+
+
+HANDLERS: dict[str, Callable[[list[str]], int]] = {"run": _run, "list": list_options, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:
