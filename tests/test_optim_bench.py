@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from conftest import run_cli
 
 
@@ -14,7 +16,8 @@ def test_bench_writes_times_and_state_bytes(workdir):
     assert result.returncode == 0, result.stderr
     assert "x fused AdamW" in result.stdout
     rows = {(r["optimizer"], r["implementation"]): r for r in csv.DictReader(out.open())}
-    assert float(rows[("adamw (baseline)", "torch fused")]["state_bytes_per_param"]) == 8.0
+    # Two float32 moments, plus a 4-byte step counter per tensor.
+    assert float(rows[("adamw (baseline)", "torch fused")]["state_bytes_per_param"]) == pytest.approx(8.0, abs=0.01)
     assert float(rows[("sgd momentum (baseline)", "torch fused")]["state_bytes_per_param"]) == 4.0
     assert float(rows[("sgd", "torch")]["state_bytes_per_param"]) == 0.0
     # Adafactor keeps row and column statistics of each matrix: far below a full second moment.
