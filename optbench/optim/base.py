@@ -64,12 +64,12 @@ class StepKernel:
     in arithmetic (`p.sub_(lr * u)`), never as `alpha=`.
     """
 
-    def __init__(self, plain: Callable[..., None]):
+    def __init__(self, plain: Callable[..., Any]):
         self.plain = plain
-        self._compiled: Callable[..., None] | None = None
+        self._compiled: Callable[..., Any] | None = None
         self._compile_failed = False
 
-    def __call__(self, fused: bool | None, *args: Any, **kwargs: Any) -> None:
+    def __call__(self, fused: bool | None, *args: Any, **kwargs: Any) -> Any:
         if fused is False or (fused is None and self._compile_failed):
             return self.plain(*args, **kwargs)
         if self._compiled is None:

@@ -19,18 +19,20 @@ from optbench.optim.base import StepKernel, check_hyperparameters, params_with_g
 from optbench.schema import Fraction, NonNegativeFloat
 
 
-def _lamb(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-          bias_corrections1: list[float], bias_corrections2: list[float], *,
-          lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+def _adam_direction(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                    bias_corrections1: list[float], bias_corrections2: list[float], *,
+                    beta1: float, beta2: float, eps: float, weight_decay: float) -> list[Tensor]:
+    """Update the moments; return each tensor's u_t = r_t + λx_t, the step before the trust ratio."""
+    updates = []
     for p, g, m, v, bc1, bc2 in zip(params, grads, exp_avgs, exp_avg_sqs, bias_corrections1, bias_corrections2):
         m.mul_(beta1).add_(g * (1 - beta1))  # m_t
         v.mul_(beta2).add_(g * g * (1 - beta2))  # v_t
         r = (m / bc1) / ((v / bc2).sqrt() + eps)  # r_t = m̂_t / (sqrt(v̂_t) + ε): Adam's direction
-        u = r + weight_decay * p  # decay joins the update before the trust ratio sees it
-        p.sub_(lr * trust_ratio(p.norm(), u.norm()) * u)  # x ← x − η ‖x‖/‖u‖ · u
+        updates.append(r + weight_decay * p)  # decay joins the update before the trust ratio sees it
+    return updates
 
 
-_kernel = StepKernel(_lamb)
+_kernel = StepKernel(_adam_direction)
 
 
 class Lamb(Optimizer):
@@ -72,9 +74,11 @@ class Lamb(Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
             steps = [state["step"].item() for state in states]
-            _kernel(group["fused"], params, [p.grad for p in params],
-                    [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states],
-                    [1 - beta1**t for t in steps], [1 - beta2**t for t in steps],
-                    lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                    weight_decay=group["weight_decay"])
+            updates = _kernel(group["fused"], params, [p.grad for p in params],
+                              [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states],
+                              [1 - beta1**t for t in steps], [1 - beta2**t for t in steps],
+                              beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+            # x ← x − η ‖x‖/‖u‖ · u; the norms outside the kernel (ATen's reductions are faster).
+            ratios = trust_ratio(torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(updates)))
+            torch._foreach_addcmul_(params, updates, list((-group["lr"] * ratios).unbind()))
         return loss

@@ -17,12 +17,12 @@ from optbench.optim.base import StepKernel, check_hyperparameters, params_with_g
 from optbench.schema import Fraction, NonNegativeFloat, PositiveFloat
 
 
-def _lars(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], *,
+def _lars(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor],
+          param_norms: list[Tensor], grad_norms: list[Tensor], *,
           lr: float, momentum: float, weight_decay: float, trust_coefficient: float, eps: float) -> None:
-    for p, g, buf in zip(params, grads, momentum_buffers):
-        w_norm = p.norm()
+    for p, g, buf, w_norm, g_norm in zip(params, grads, momentum_buffers, param_norms, grad_norms):
         # λ = η ‖w‖ / (‖∇L(w)‖ + β‖w‖): the paper's local LR, the bound ‖g‖ + β‖w‖ for ‖g + βw‖
-        local_lr = trust_ratio(w_norm, g.norm() + weight_decay * w_norm + eps, trust_coefficient)
+        local_lr = trust_ratio(w_norm, g_norm + weight_decay * w_norm + eps, trust_coefficient)
         buf.mul_(momentum).add_(local_lr * (g + weight_decay * p))  # v ← m v + λ (∇L(w) + βw)
         p.sub_(lr * buf)  # w ← w − γ v
 
@@ -67,8 +67,10 @@ class Lars(Optimizer):
                 # A zero buffer makes the first step v = λ(g + βw), as torch's SGD starts it.
                 if len(self.state[p]) == 0:
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            _kernel(group["fused"], params, [p.grad for p in params],
-                    [self.state[p]["momentum_buffer"] for p in params],
+            grads = [p.grad for p in params]
+            # Norms outside the kernel: ATen's multi-threaded reductions beat compiled ones on CPU.
+            _kernel(group["fused"], params, grads, [self.state[p]["momentum_buffer"] for p in params],
+                    list(torch._foreach_norm(params)), list(torch._foreach_norm(grads)),
                     lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
                     trust_coefficient=group["trust_coefficient"], eps=group["eps"])
         return loss
