@@ -89,9 +89,29 @@ def build_param_groups(node: DictConfig, model: torch.nn.Module, lr: float | Non
     return groups
 
 
+def base_lr(node: DictConfig) -> float | None:
+    """The configured LR: the optimizer's own, or that of the optimizer it wraps (Lookahead)."""
+    if "lr" in node:
+        return node.lr
+    inner = [v for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
+    return base_lr(inner[0]) if inner else None
+
+
 def build_optimizer(node: DictConfig, model: torch.nn.Module, params: DictConfig) -> torch.optim.Optimizer:
+    return optimizer_from(node, build_param_groups(params, model, base_lr(node)))
+
+
+def optimizer_from(node: DictConfig, params: Any) -> torch.optim.Optimizer:
+    """The optimizer that `node` configures, over `params` (passed as `params` where it asks).
+
+    A key whose value is itself a component (Lookahead's `inner`) is built first, over the same
+    parameters, and passed as that argument: a wrapper gets the optimizer it wraps.
+    """
     kwargs = arguments(node)
-    return locate(node._target_)(build_param_groups(params, model, kwargs.get("lr")), **kwargs)
+    for key, value in node.items():
+        if isinstance(value, DictConfig) and "_target_" in value:
+            kwargs[str(key)] = optimizer_from(value, params)
+    return call_with_context(locate(node._target_), kwargs, {"params": params})
 
 
 def is_schedule(node: DictConfig) -> bool:
@@ -137,7 +157,7 @@ def stand_in_scheduler(
     import torch
 
     stand_in = [{"name": "all", "params": list(torch.nn.Linear(1, 1).parameters())}]
-    optimizer = locate(cfg.optimizer._target_)(stand_in, **arguments(cfg.optimizer))
+    optimizer = optimizer_from(cfg.optimizer, stand_in)
     return build_scheduler(cfg.scheduler, optimizer, total_steps, steps_per_epoch)
 
 

@@ -106,7 +106,19 @@ def _schedules(args: list[str]) -> int:
     return schedules(args)
 
 
-HANDLERS: dict[str, Callable[[list[str]], int]] = {"run": _run, "check": _check, "list": list_options, "schedules": _schedules}
+def _bench(args: list[str]) -> int:
+    from optbench.bench import main as bench
+
+    return bench(args)
+
+
+HANDLERS: dict[str, Callable[[list[str]], int]] = {
+    "run": _run,
+    "check": _check,
+    "list": list_options,
+    "schedules": _schedules,
+    "bench": _bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

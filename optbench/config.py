@@ -97,6 +97,11 @@ def explain_hydra_error(error: Exception, overrides: list[str]) -> str:
             return f"{group}={name}: no such option.{hint} Available: {', '.join(options)}."
         return f"{group}={name}: no such config group or option."
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    mandatory = re.match(r"You must specify '(([^'@]+)@([^']+))'.*Available options: (.*)", text)
+    if mandatory:  # a `???` default, like Lookahead's inner optimizer
+        override, group, key, options = mandatory.groups()
+        return (f"{key} is not set: choose one with {override}=NAME. "
+                f"Available: {', '.join(options.split())}.")
     unknown = re.match(r"Could not override '([^']+)'", text)
     if unknown:
         return _unknown_key(unknown.group(1), overrides)

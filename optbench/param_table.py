@@ -15,16 +15,15 @@ def print_param_groups(overrides: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from optbench.build import arguments, build_data, build_model, build_param_groups
+    from optbench.build import arguments, base_lr, build_data, build_model, build_param_groups
     from optbench.config import job_config, register_recipes
 
     register_recipes()
     try:
         cfg = job_config(overrides)
         model = build_model(cfg.model, build_data(cfg.data))
-        optimizer_args = arguments(cfg.optimizer)
-        lr, weight_decay = optimizer_args.get("lr"), optimizer_args.get("weight_decay", 0.0)
-        groups = build_param_groups(cfg.params, model, lr)
+        weight_decay = arguments(cfg.optimizer).get("weight_decay", 0.0)
+        groups = build_param_groups(cfg.params, model, base_lr(cfg.optimizer))
     except ConfigError as e:
         print(e.render(), file=sys.stderr)
         return 2

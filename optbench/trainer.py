@@ -203,6 +203,9 @@ class Trainer:
         if record is not None:
             self.runlog.write_diagnostics(self.step + 1, record)
         self.optimizer.zero_grad(set_to_none=True)
+        # Curvature-based optimizers (SophiaG) refresh their Hessian estimate every k steps.
+        if hasattr(self.optimizer, "wants_hessian") and self.optimizer.wants_hessian(self.step + 1):
+            self.optimizer.update_hessian(self.model, micro_batches[-1][0])
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         self.step_lrs = [g["lr"] for g in self.optimizer.param_groups]  # the rates this step used

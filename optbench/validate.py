@@ -28,11 +28,18 @@ COMPONENTS = {
     "scheduler": {"optimizer", "total_steps", "steps_per_epoch", "base_lr"},
 }
 
+# Optional packages that configs name, and how to get them.
+INSTALL_HINTS = {
+    "bitsandbytes": " 8-bit optimizers need it: pip install 'bitsandbytes>=0.50' (CPU from 0.50, or CUDA).",
+}
+
 # Ranges that hold for these optimizer arguments whatever class takes them (torch's own
 # optimizers have no annotations to read them from).
 OPTIMIZER_RULES: dict[str, tuple[str, typing.Callable[[Any], bool]]] = {
     "lr": (">= 0", lambda v: v >= 0),
-    "eps": (">= 0", lambda v: v >= 0),
+    # A pair for Adafactor (torch's: null or a number, then a number).
+    "eps": (">= 0 (or a list of such numbers or null)",
+            lambda v: all(e is None or e >= 0 for e in (v if isinstance(v, (list, tuple)) else [v]))),
     "weight_decay": (">= 0", lambda v: v >= 0),
     "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
     "betas": ("a pair of numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
@@ -49,6 +56,9 @@ def validate_config(cfg: DictConfig, preview: bool = False) -> list[str]:
     problems = check_trainer(cfg.trainer)
     for group in ("scheduler",) if preview else COMPONENTS:
         problems += check_component(group, cfg[group], COMPONENTS[group])
+    if not preview:
+        for key, node in wrapped_optimizers(cfg.optimizer):
+            problems += check_component(key, node, COMPONENTS["optimizer"])
     if not problems and not preview:
         problems += dry_run_optimizer(cfg.optimizer)
     warnings: list[str] = []
@@ -105,7 +115,8 @@ def check_component(group: str, node: DictConfig, supplied: set[str]) -> list[st
         obj = locate(target)
     except Exception as e:  # ImportError, AttributeError, ...: all mean the path is wrong.
         reason = " ".join(str(e).split())
-        return [f"{group}._target_={target}: cannot be imported ({reason})."]
+        hint = INSTALL_HINTS.get(target.split(".")[0], "")
+        return [f"{group}._target_={target}: cannot be imported ({reason}).{hint}"]
     try:
         signature = inspect.signature(obj)
     except (TypeError, ValueError):
@@ -115,6 +126,8 @@ def check_component(group: str, node: DictConfig, supplied: set[str]) -> list[st
     hints = _hints(obj)
     problems = []
     for key, value in kwargs.items():
+        if isinstance(value, dict) and "_target_" in value:
+            continue  # a wrapped optimizer: checked on its own (wrapped_optimizers)
         if names is not None and key not in names:
             allowed = sorted(names - supplied - {"self"})
             problems.append(
@@ -125,10 +138,10 @@ def check_component(group: str, node: DictConfig, supplied: set[str]) -> list[st
         expected = check_value(hints.get(key, Any), value)
         if expected is not None:
             problems.append(f"{group}.{key}={_fmt(value)}: must be {expected}.")
-        elif group == "optimizer" and key in OPTIMIZER_RULES and value is not None:
+        elif group.startswith("optimizer") and key in OPTIMIZER_RULES and value is not None:
             rule, ok = OPTIMIZER_RULES[key]
             if not _safe(ok, value):
-                problems.append(f"optimizer.{key}={_fmt(value)}: must be {rule}.")
+                problems.append(f"{group}.{key}={_fmt(value)}: must be {rule}.")
     for name, param in signature.parameters.items():
         required = param.default is inspect.Parameter.empty and param.kind in (
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -154,12 +167,23 @@ def _hints(obj: Any) -> dict[str, Any]:
         return {}
 
 
+def wrapped_optimizers(node: DictConfig, key: str = "optimizer") -> list[tuple[str, DictConfig]]:
+    """(key, node) of each optimizer nested in an optimizer's config (Lookahead's `inner`)."""
+    found = []
+    for name, value in node.items():
+        if isinstance(value, DictConfig) and "_target_" in value:
+            found += [(f"{key}.{name}", value), *wrapped_optimizers(value, f"{key}.{name}")]
+    return found
+
+
 def dry_run_optimizer(node: DictConfig) -> list[str]:
     """Construct the optimizer on one dummy parameter: its own argument checks speak too."""
     import torch
 
+    from optbench.build import optimizer_from
+
     try:
-        locate(node._target_)([torch.zeros(1, requires_grad=True)], **arguments(node))
+        optimizer_from(node, [torch.zeros(1, requires_grad=True)])
     except (ValueError, TypeError) as e:
         return [f"optimizer ({node._target_}): {e}"]
     return []

@@ -53,7 +53,7 @@ def test_unknown_command_is_bad_input(workdir):
 def test_run_help_and_cfg_job_work_as_in_any_hydra_app(workdir):
     helped = run_cli("run", "--help", cwd=workdir)
     assert helped.returncode == 0
-    assert "optimizer: adam, adamw" in helped.stdout  # Hydra's list of config groups
+    assert "optimizer: adafactor, adagrad, adam, adam8bit" in helped.stdout  # Hydra's list of groups
     cfg = run_cli("run", "--cfg", "job", "optimizer=nesterov", "optimizer.lr=0.3", cwd=workdir)
     assert cfg.returncode == 0
     assert "nesterov: true" in cfg.stdout and "lr: 0.3" in cfg.stdout

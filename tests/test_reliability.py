@@ -54,8 +54,9 @@ def options(group: str) -> list[str]:
 
 
 # Each optimizer with a schedule, each schedule with an optimizer, and the tricks that keep state.
+INNER = {"lookahead": ["optimizer@optimizer.inner=adamw"]}  # a wrapper needs its inner optimizer
 RESUME_CASES = (
-    [[f"optimizer={o}", "scheduler=warmup_cosine"] for o in options("optimizer")]
+    [[f"optimizer={o}", *INNER.get(o, []), "scheduler=warmup_cosine"] for o in options("optimizer")]
     + [[f"scheduler={s}", "optimizer=momentum", "optimizer.lr=0.05"] for s in options("scheduler")]
     + [["trainer.accumulation_steps=3"], ["trainer.ema.decay=0.9"], ["trainer.precision=bf16"],
        ["model=resnet", "model.depth=20", "params=layer_decay"]]

@@ -127,7 +127,7 @@ def test_explicit_run_dir_and_resume_auto_continue_a_run(workdir):
 
 
 BAD_INPUT = [
-    (["optimizer=nope"], ["optimizer=nope", "Available: adam, adamw"]),
+    (["optimizer=nope"], ["optimizer=nope", "Available: adafactor, adagrad, adam,"]),
     (["optimizer.lr=-1"], ["optimizer.lr=-1", ">= 0"]),
     (["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "integer >= 1"]),
     (["data.batch_size=0"], ["data.batch_size=0", "integer >= 1"]),

@@ -1,0 +1,226 @@
+"""`optbench bench`: optimizer step time and optimizer-state memory, side by side.
+
+Every chosen optimizer config steps on one fixed parameter set (blocks of a `width` x `width`
+matrix and three `width`-vectors, like a linear layer with a norm, about `params` parameters in
+all) with fixed gradients. torch's fused AdamW and fused SGD with momentum run beside them as
+baselines, and so does the same optimizer from timm, pytorch-optimizer and lion-pytorch where
+they are installed. Steps are timed round-robin (one step of each, `repeats` times) so that a
+busy machine slows all of them alike; `warmup` steps before, compilation included, are not
+timed. Reported: the median step time, its ratio to the baselines, and state bytes per parameter.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optbench.errors import ConfigError
+
+USAGE = """usage: optbench bench [optimizers=NAME,...] [params=N] [width=N] [repeats=N] [warmup=N]
+                      [threads=N] [--csv PATH]
+
+Step time (median of `repeats` timed steps, after `warmup` untimed ones) and optimizer-state
+bytes per parameter of each optimizer config (default: all of configs/optimizer/ but muon), beside torch's
+fused AdamW and fused SGD-momentum and the same optimizer from timm / pytorch-optimizer /
+lion-pytorch when installed.
+
+  optimizers  comma-separated config names (default: all but muon, whose bfloat16
+              orthogonalization takes minutes per step on a CPU)
+  params      parameters in the fixed set (default 8000000)
+  width       matrix side; the set is blocks of width x width plus three width-vectors (default 1024)
+  repeats     timed steps per optimizer (default 15)
+  warmup      untimed steps first, compilation included (default 3)
+  threads     torch CPU threads (default: torch's)
+  --csv PATH  also write the table as CSV"""
+
+SETTINGS = {"params": 8_000_000, "width": 1024, "repeats": 15, "warmup": 3, "threads": 0}
+
+# The same optimizer from other libraries: (library, class path). Settings shared by name.
+REFERENCES = {
+    "lion": [("timm", "timm.optim.Lion"), ("pytorch-optimizer", "pytorch_optimizer.Lion"),
+             ("lion-pytorch", "lion_pytorch.Lion")],
+    "lamb": [("timm", "timm.optim.Lamb"), ("pytorch-optimizer", "pytorch_optimizer.Lamb")],
+    "lars": [("timm", "timm.optim.Lars"), ("pytorch-optimizer", "pytorch_optimizer.LARS")],
+}
+SHARED_SETTINGS = ("lr", "betas", "eps", "weight_decay", "momentum")
+
+# Left out of the default set, the bench running on the CPU (named explicitly, they run): why.
+SLOW_ON_CPU = {
+    "muon": "torch.optim.Muon orthogonalizes in bfloat16; without bf16 matmul units one step on "
+            "1024x1024 matrices takes minutes",
+}
+
+
+@dataclass
+class Candidate:
+    name: str
+    implementation: str
+    optimizer: Any
+    times: list[float] = field(default_factory=list)
+    state_bytes: int = 0
+
+
+def parse(args: list[str]) -> tuple[dict[str, int], list[str] | None, Path | None]:
+    settings, names, csv_path = dict(SETTINGS), None, None
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--csv":
+            if not rest:
+                raise ConfigError("--csv needs a PATH.")
+            csv_path = Path(rest.pop(0))
+            continue
+        key, sep, value = arg.partition("=")
+        if key == "optimizers" and sep:
+            names = [n for n in value.split(",") if n]
+        elif key in SETTINGS and sep:
+            try:
+                settings[key] = int(float(value))
+            except ValueError:
+                raise ConfigError(f"{key}={value}: must be a whole number.") from None
+            if settings[key] < (0 if key in ("threads", "warmup") else 1):
+                raise ConfigError(f"{key}={value}: must be {'>= 0' if key in ('threads', 'warmup') else '>= 1'}.")
+        else:
+            raise ConfigError(f"bench: unknown argument {arg!r}. Arguments: optimizers=, "
+                              f"{'=, '.join(SETTINGS)}=, --csv PATH (see optbench bench --help).")
+    return settings, names, csv_path
+
+
+def parameter_set(total: int, width: int) -> list[Any]:
+    """Blocks of one width x width matrix and three width-vectors, with fixed random gradients."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    blocks = max(1, round(total / (width * width + 3 * width)))
+    shapes = [s for _ in range(blocks) for s in [(width, width), (width,), (width,), (width,)]]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+    return params
+
+
+def state_bytes(optimizer: Any) -> int:
+    import torch
+
+    return sum(t.numel() * t.element_size() for s in optimizer.state.values()
+               for t in s.values() if isinstance(t, torch.Tensor))
+
+
+def candidates(names: list[str], params: list[Any]) -> list[Candidate]:
+    import torch
+
+    from optbench.build import accepted, arguments, call_with_context, locate, optimizer_from
+    from optbench.config import compose
+
+    found = [
+        Candidate("adamw (baseline)", "torch fused", torch.optim.AdamW(params, lr=1e-3, fused=True)),
+        Candidate("sgd momentum (baseline)", "torch fused",
+                  torch.optim.SGD(params, lr=1e-3, momentum=0.9, fused=True)),
+    ]
+    for name in names:
+        extra = ["optimizer@optimizer.inner=adamw"] if name == "lookahead" else []
+        node = compose([f"optimizer={name}", *extra]).optimizer
+        target = str(node._target_)
+        owner = "optbench" if target.startswith("optbench.") else target.split(".")[0]
+        try:
+            found.append(Candidate(name, owner, optimizer_from(node, params)))
+        except ImportError as e:
+            print(f"bench: skipping {name}: {e}", file=sys.stderr)
+        settings = {k: v for k, v in arguments(node).items() if k in SHARED_SETTINGS}
+        for library, path in REFERENCES.get(name, []):
+            try:
+                cls = locate(path)
+            except ImportError:
+                continue
+            names_ok = accepted(cls)
+            kwargs = {k: v for k, v in settings.items() if names_ok is None or k in names_ok}
+            found.append(Candidate(name, library, call_with_context(cls, kwargs, {"params": params})))
+    return found
+
+
+def measure(found: list[Candidate], warmup: int, repeats: int) -> None:
+    for c in found:
+        for _ in range(warmup):
+            c.optimizer.step()
+        c.state_bytes = state_bytes(c.optimizer)
+    for _ in range(repeats):
+        for c in found:
+            start = time.perf_counter()
+            c.optimizer.step()
+            c.times.append(time.perf_counter() - start)
+
+
+def rows(found: list[Candidate], n_params: int) -> list[dict[str, Any]]:
+    adamw_ms, sgd_ms = (statistics.median(c.times) * 1e3 for c in found[:2])
+    out = []
+    for c in found:
+        ms = statistics.median(c.times) * 1e3
+        out.append({
+            "optimizer": c.name, "implementation": c.implementation, "step_ms": round(ms, 3),
+            "vs_fused_adamw": round(ms / adamw_ms, 2), "vs_fused_sgd_momentum": round(ms / sgd_ms, 2),
+            "state_bytes_per_param": round(c.state_bytes / n_params, 3),
+        })
+    return out
+
+
+def print_table(table: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title=title)
+    headers = {"optimizer": "optimizer", "implementation": "implementation", "step_ms": "step (ms, median)",
+               "vs_fused_adamw": "x fused AdamW", "vs_fused_sgd_momentum": "x fused SGD-m",
+               "state_bytes_per_param": "state B/param"}
+    for key, header in headers.items():
+        view.add_column(header, justify="left" if key in ("optimizer", "implementation") else "right")
+    for row in table:
+        view.add_row(*(str(row[k]) for k in headers))
+    Console().print(view)
+
+
+def main(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    try:
+        settings, names, csv_path = parse(args)
+        from optbench.paths import configs_dir
+
+        available = sorted(p.stem for p in (configs_dir() / "optimizer").glob("*.yaml"))
+        unknown = [n for n in names or [] if n not in available]
+        if unknown:
+            raise ConfigError(f"optimizers={unknown[0]}: no such optimizer. Available: {', '.join(available)}.")
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return 2
+
+    import torch
+
+    if settings["threads"]:
+        torch.set_num_threads(settings["threads"])
+    torch.set_flush_denormal(True)  # decaying states must not reach slow denormal arithmetic
+    params = parameter_set(settings["params"], settings["width"])
+    n_params = sum(p.numel() for p in params)
+    if names is None:
+        names = [n for n in available if n not in SLOW_ON_CPU]
+        for name, why in SLOW_ON_CPU.items():
+            print(f"bench: {name} left out by default ({why}); name it to include it.", file=sys.stderr)
+    found = candidates(names, params)
+    measure(found, settings["warmup"], settings["repeats"])
+    table = rows(found, n_params)
+    title = (f"optimizer step on {n_params / 1e6:.2f}M parameters ({len(params)} tensors), "
+             f"{torch.get_num_threads()} threads, median of {settings['repeats']} steps")
+    print_table(table, title)
+    if csv_path is not None:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with csv_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+        print(f"wrote {csv_path}")
+    return 0

@@ -1,0 +1,76 @@
+"""LARS: SGD with momentum whose step is scaled per layer by a trust ratio.
+
+Paper: You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", arXiv:1708.03888
+(Algorithm 1). Checked against timm.optim.Lars (always_adapt=True) in
+tests/test_optim_parity.py (float64, 60 steps).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from optbench.optim.base import StepKernel, check_hyperparameters, params_with_grad, trust_ratio
+from optbench.schema import Fraction, NonNegativeFloat, PositiveFloat
+
+
+def _lars(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor],
+          param_norms: list[Tensor], grad_norms: list[Tensor], *,
+          lr: float, momentum: float, weight_decay: float, trust_coefficient: float, eps: float) -> None:
+    for p, g, buf, w_norm, g_norm in zip(params, grads, momentum_buffers, param_norms, grad_norms):
+        # λ = η ‖w‖ / (‖∇L(w)‖ + β‖w‖): the paper's local LR, the bound ‖g‖ + β‖w‖ for ‖g + βw‖
+        local_lr = trust_ratio(w_norm, g_norm + weight_decay * w_norm + eps, trust_coefficient)
+        buf.mul_(momentum).add_(local_lr * (g + weight_decay * p))  # v ← m v + λ (∇L(w) + βw)
+        p.sub_(lr * buf)  # w ← w − γ v
+
+
+_kernel = StepKernel(_lars)
+
+
+class Lars(Optimizer):
+    """LARS (You et al. 2017): the global LR `lr` times a per-tensor trust ratio, with momentum.
+
+    `trust_coefficient` is the paper's η; weight decay is the paper's L2 term β, inside the ratio.
+    State: `momentum_buffer` (4 bytes per parameter).
+    `fused`: run the update compiled by torch.compile (None: when a compiler works here).
+    """
+
+    def __init__(self, params: Any, lr: NonNegativeFloat = 1.0, momentum: Fraction = 0.9,
+                 weight_decay: NonNegativeFloat = 0.0, trust_coefficient: PositiveFloat = 0.001,
+                 eps: NonNegativeFloat = 1e-8, *, fused: bool | None = None):
+        check_hyperparameters(lr, eps=eps, weight_decay=weight_decay, momentum=momentum)
+        if not trust_coefficient > 0:
+            raise ValueError(f"Invalid trust_coefficient value: {trust_coefficient}")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        trust_coefficient=trust_coefficient, eps=eps, fused=fused)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("fused", None)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = params_with_grad(group)
+            if not params:
+                continue
+            for p in params:
+                # A zero buffer makes the first step v = λ(g + βw), as torch's SGD starts it.
+                if len(self.state[p]) == 0:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            grads = [p.grad for p in params]
+            # Norms outside the kernel: ATen's multi-threaded reductions beat compiled ones on CPU.
+            _kernel(group["fused"], params, grads, [self.state[p]["momentum_buffer"] for p in params],
+                    list(torch._foreach_norm(params)), list(torch._foreach_norm(grads)),
+                    lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
+                    trust_coefficient=group["trust_coefficient"], eps=group["eps"])
+        return loss
