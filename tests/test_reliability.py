@@ -59,7 +59,7 @@ RESUME_CASES = (
     [[f"optimizer={o}", *INNER.get(o, []), "scheduler=warmup_cosine"] for o in options("optimizer")]
     + [[f"scheduler={s}", "optimizer=momentum", "optimizer.lr=0.05"] for s in options("scheduler")]
     + [["trainer.accumulation_steps=3"], ["trainer.ema.decay=0.9"], ["trainer.precision=bf16"],
-       ["model=resnet", "model.depth=20", "params=layer_decay"]]
+       ["params=layer_decay", "optimizer=lamb"]]
 )
 
 
