@@ -104,3 +104,21 @@ def params_with_grad(group: dict[str, Any]) -> list[Tensor]:
         if p.grad.is_sparse:
             raise RuntimeError("optbench's optimizers do not support sparse gradients")
     return params
+
+
+def evaluate_closure(closure: Callable[[], Any] | None) -> Any:
+    """The loss that an optimizer's `step(closure)` returns: the closure re-run with grad enabled."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+class FusableOptimizer(torch.optim.Optimizer):
+    """An optimizer whose groups carry `fused` (run the update compiled when a compiler works)."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("fused", None)
+

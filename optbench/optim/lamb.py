@@ -13,9 +13,15 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from optbench.optim.base import StepKernel, check_hyperparameters, params_with_grad, trust_ratio
+from optbench.optim.base import (
+    FusableOptimizer,
+    StepKernel,
+    check_hyperparameters,
+    evaluate_closure,
+    params_with_grad,
+    trust_ratio,
+)
 from optbench.schema import Fraction, NonNegativeFloat
 
 
@@ -35,7 +41,7 @@ def _adam_direction(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Te
 _kernel = StepKernel(_adam_direction)
 
 
-class Lamb(Optimizer):
+class Lamb(FusableOptimizer):
     """LAMB (You et al. 2019): AdamW whose step is rescaled to ‖x‖/‖update‖ for each tensor.
 
     The weight decay is decoupled from the moments (as in the paper) and included in the update
@@ -50,17 +56,9 @@ class Lamb(Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=fused)
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("fused", None)
-
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params = params_with_grad(group)
             if not params:

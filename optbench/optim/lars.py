@@ -11,9 +11,15 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from optbench.optim.base import StepKernel, check_hyperparameters, params_with_grad, trust_ratio
+from optbench.optim.base import (
+    FusableOptimizer,
+    StepKernel,
+    check_hyperparameters,
+    evaluate_closure,
+    params_with_grad,
+    trust_ratio,
+)
 from optbench.schema import Fraction, NonNegativeFloat, PositiveFloat
 
 
@@ -30,7 +36,7 @@ def _lars(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tens
 _kernel = StepKernel(_lars)
 
 
-class Lars(Optimizer):
+class Lars(FusableOptimizer):
     """LARS (You et al. 2017): the global LR `lr` times a per-tensor trust ratio, with momentum.
 
     `trust_coefficient` is the paper's η; weight decay is the paper's L2 term β, inside the ratio.
@@ -48,17 +54,9 @@ class Lars(Optimizer):
                         trust_coefficient=trust_coefficient, eps=eps, fused=fused)
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("fused", None)
-
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params = params_with_grad(group)
             if not params:

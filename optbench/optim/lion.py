@@ -11,9 +11,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from optbench.optim.base import StepKernel, check_hyperparameters, params_with_grad
+from optbench.optim.base import (
+    FusableOptimizer,
+    StepKernel,
+    check_hyperparameters,
+    evaluate_closure,
+    params_with_grad,
+)
 from optbench.schema import Fraction, NonNegativeFloat
 
 
@@ -28,7 +33,7 @@ def _lion(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *,
 _kernel = StepKernel(_lion)
 
 
-class Lion(Optimizer):
+class Lion(FusableOptimizer):
     """Lion (Chen et al. 2023). Use an LR 3-10x smaller and a weight decay 3-10x larger than AdamW's.
 
     State: `exp_avg` only (4 bytes per parameter in float32), half of Adam's.
@@ -42,17 +47,9 @@ class Lion(Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused)
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("fused", None)
-
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params = params_with_grad(group)
             if not params:

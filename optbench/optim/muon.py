@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from optbench.optim.base import evaluate_closure
 from optbench.schema import Fraction, NonNegativeFloat, PositiveInt
 
 
@@ -72,10 +73,7 @@ class MuonWithAdamW(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for opt in self.inner.values():
             opt.step()
         return loss

@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from optbench.optim.base import StepKernel, check_hyperparameters, params_with_grad
+from optbench.optim.base import (
+    FusableOptimizer,
+    StepKernel,
+    check_hyperparameters,
+    evaluate_closure,
+    params_with_grad,
+)
 from optbench.schema import Fraction, NonNegativeFloat, PositiveInt
 
 
@@ -34,7 +40,7 @@ def _sophia(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], h
 _kernel = StepKernel(_sophia)
 
 
-class SophiaG(Optimizer):
+class SophiaG(FusableOptimizer):
     """SophiaG (Liu et al. 2023). Call `update_hessian(model, inputs)` every `hessian_interval` steps.
 
     `wants_hessian(step)` says when: optbench's trainer asks after each step. Until the first
@@ -55,11 +61,6 @@ class SophiaG(Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), rho=rho, weight_decay=weight_decay, eps=eps, fused=fused)
         super().__init__(params, defaults)
         self.hessian_interval = hessian_interval
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("fused", None)
 
     def _state(self, p: Tensor) -> dict[str, Tensor]:
         state = self.state[p]
@@ -95,10 +96,7 @@ class SophiaG(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params = params_with_grad(group)
             if not params:
