@@ -116,23 +116,32 @@ def test_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert path.name == "previous.pt" and state["progress"]["step"] == 1
 
 
-def test_sigterm_checkpoints_exits_interrupted_and_the_same_command_resumes(workdir):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_stopped_run_resumes_with_the_same_command_to_the_same_result(workdir, sig):
+    """SIGTERM: checkpoint at the step boundary, status `interrupted`, exit 1. SIGKILL: nothing
+    more is written; the last periodic checkpoint is complete. Either way the same command with
+    trainer.resume=auto ends bitwise where an uninterrupted run ends."""
     # About a millisecond a step: the signal lands somewhere in the middle of 3,000 steps.
     command = ["run", "trainer.max_steps=3000", "trainer.log_every=10", "trainer.eval_every=1000",
-               "trainer.deterministic=true", "trainer.progress=false", f"hydra.run.dir={workdir / 'run'}"]
+               "trainer.checkpoint_every=50", "trainer.deterministic=true", "trainer.progress=false",
+               f"hydra.run.dir={workdir / 'run'}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "optbench", *command], cwd=workdir, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "run" / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 10):
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 1, err
-    summary = read_summary(workdir / "run")
-    assert summary["status"] == "interrupted" and 50 <= summary["steps"] < 3000
-    assert "SIGTERM received" in out + err
+    if sig == signal.SIGTERM:
+        assert process.returncode == 1, err
+        summary = read_summary(workdir / "run")
+        assert summary["status"] == "interrupted" and 100 <= summary["steps"] < 3000
+        assert "SIGTERM received" in out + err
+    else:
+        assert process.returncode == -signal.SIGKILL
+        assert not (workdir / "run" / "summary.json").exists()
 
     resumed = run_cli(*command, "trainer.resume=auto", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
