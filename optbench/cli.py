@@ -106,6 +106,12 @@ def _schedules(args: list[str]) -> int:
     return schedules(args)
 
 
+def _report(args: list[str]) -> int:
+    from optbench.report import main as report
+
+    return report(args)
+
+
 def _bench(args: list[str]) -> int:
     from optbench.bench import main as bench
 
@@ -118,6 +124,7 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "list": list_options,
     "schedules": _schedules,
     "bench": _bench,
+    "report": _report,
 }
 
 
