@@ -112,6 +112,12 @@ def _report(args: list[str]) -> int:
     return report(args)
 
 
+def _lr_find(args: list[str]) -> int:
+    from optbench.lr_find import main as lr_find
+
+    return lr_find(args)
+
+
 def _bench(args: list[str]) -> int:
     from optbench.bench import main as bench
 
@@ -125,6 +131,7 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "schedules": _schedules,
     "bench": _bench,
     "report": _report,
+    "lr-find": _lr_find,
 }
 
 
