@@ -118,6 +118,12 @@ def _lr_find(args: list[str]) -> int:
     return lr_find(args)
 
 
+def _toy(args: list[str]) -> int:
+    from optbench.toy import main as toy
+
+    return toy(args)
+
+
 def _bench(args: list[str]) -> int:
     from optbench.bench import main as bench
 
@@ -132,6 +138,7 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "bench": _bench,
     "report": _report,
     "lr-find": _lr_find,
+    "toy": _toy,
 }
 
 
