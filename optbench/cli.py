@@ -106,6 +106,24 @@ def _schedules(args: list[str]) -> int:
     return schedules(args)
 
 
+def _report(args: list[str]) -> int:
+    from optbench.report import main as report
+
+    return report(args)
+
+
+def _lr_find(args: list[str]) -> int:
+    from optbench.lr_find import main as lr_find
+
+    return lr_find(args)
+
+
+def _toy(args: list[str]) -> int:
+    from optbench.toy import main as toy
+
+    return toy(args)
+
+
 def _bench(args: list[str]) -> int:
     from optbench.bench import main as bench
 
@@ -118,6 +136,9 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "list": list_options,
     "schedules": _schedules,
     "bench": _bench,
+    "report": _report,
+    "lr-find": _lr_find,
+    "toy": _toy,
 }
 
 

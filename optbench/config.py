@@ -63,11 +63,21 @@ def sweep_variants(overrides: list[str]) -> Iterator[list[str]]:
     `-m optimizer=sgd,adamw trainer.seed=0,1` yields 3 lists: the first value of each key, then
     each other value of one key at a time, so a bad value anywhere is found with few composes.
     """
+    choices = sweep_choices(overrides)
+    first = [values[0] for values in choices]
+    yield first
+    for i, values in enumerate(choices):
+        for value in values[1:]:
+            yield first[:i] + [value] + first[i + 1 :]
+
+
+def sweep_choices(overrides: list[str]) -> list[list[str]]:
+    """Each override as the list of single-valued overrides it sweeps (`a=1,2` -> `a=1`, `a=2`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as e:
+    except Exception as e:  # Hydra's parser raises several types; all are bad input here
         raise ConfigError(explain_hydra_error(e, overrides)) from None
     choices: list[list[str]] = []
     for override in parsed:
@@ -77,11 +87,7 @@ def sweep_variants(overrides: list[str]) -> Iterator[list[str]]:
         else:
             values = [override.input_line]
         choices.append(values or [override.input_line])
-    first = [values[0] for values in choices]
-    yield first
-    for i, values in enumerate(choices):
-        for value in values[1:]:
-            yield first[:i] + [value] + first[i + 1 :]
+    return choices
 
 
 def explain_hydra_error(error: Exception, overrides: list[str]) -> str:

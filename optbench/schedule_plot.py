@@ -107,21 +107,9 @@ def build_curves(overrides: list[str]) -> tuple[list[tuple[str, dict[str, list[f
 
 def compose_variants(overrides: list[str]) -> list[tuple[str, DictConfig]]:
     """(label, composed config) for every combination of swept values (`key=a,b,c`)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from optbench.config import compose, sweep_choices
 
-    from optbench.config import compose, explain_hydra_error
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as e:  # Hydra's parser raises several types; all are bad input here
-        raise ConfigError(explain_hydra_error(e, overrides)) from None
-    choices = []
-    for override in parsed:
-        if override.is_sweep_override():
-            key = override.get_key_element()
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        else:
-            choices.append([override.input_line])
+    choices = sweep_choices(overrides)
     swept = {value for values in choices if len(values) > 1 for value in values}
 
     result, used = [], set()

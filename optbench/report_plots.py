@@ -1,0 +1,77 @@
+"""The report's figures: curves per group with a band over seeds, and LR sensitivity."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import TYPE_CHECKING
+
+from optbench.runs import Run, Target
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from optbench.report import Sensitivity
+
+
+def seed_band(runs: list[Run], split: str, name: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """(steps, mean, min, max) over the runs at the steps that every run logged; the band is
+    the spread over seeds (a single run has a band of zero width)."""
+    series = [run.series(split, name) for run in runs]
+    series = [s for s in series if s]
+    if not series:
+        return [], [], [], []
+    steps = sorted(set.intersection(*(set(s) for s in series)))
+    columns = [[s[step] for s in series] for step in steps]
+    return (steps, [statistics.fmean(c) for c in columns], [min(c) for c in columns], [max(c) for c in columns])
+
+
+def draw_curves(groups: dict[str, list[Run]], target: Target) -> Figure:
+    """Train loss, validation metric, LR and gradient norm against step, one color a group."""
+    from matplotlib.figure import Figure
+
+    panels = [("train", "loss", "train loss", True), ("val", target.name.removeprefix("val/"), target.name, False),
+              ("train", "lr", "learning rate", False), ("train", "grad_norm", "gradient norm", True)]
+    figure = Figure(figsize=(13, 9), layout="constrained")
+    for axis, (split, name, title, log_scale) in zip(figure.subplots(2, 2).flat, panels):
+        for i, (group, runs) in enumerate(groups.items()):
+            steps, mean, low, high = seed_band(runs, split, name)
+            if not steps:
+                continue
+            color = f"C{i % 10}"
+            seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
+            axis.plot(steps, mean, color=color, label=f"{group}{seeds}", linewidth=1.8)
+            axis.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        if log_scale and axis.has_data():
+            axis.set_yscale("log", nonpositive="mask")
+        axis.grid(True, alpha=0.3)
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
+    return figure
+
+
+def draw_sensitivity(curves: list[Sensitivity], target: Target) -> Figure:
+    """Best metric against LR per group, the LR range within 5% of the best shaded."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 6), layout="constrained")
+    axis = figure.subplots()
+    for i, curve in enumerate(curves):
+        color = f"C{i % 10}"
+        axis.plot(curve.lrs, curve.values, "o-", color=color, label=curve.group)
+        failed = [lr for lr, v in zip(curve.lrs, curve.values) if math.isnan(v)]
+        if failed:  # diverged LRs: marked on the axis instead of silently missing
+            axis.plot(failed, [axis.get_ylim()[0]] * len(failed), "x", color=color, markersize=10)
+        span = curve.robust_range(target.maximize)
+        if span is not None:
+            axis.axvspan(span[0] / 1.05, span[1] * 1.05, color=color, alpha=0.12)
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel(f"best {target.name} (mean over seeds)")
+    axis.set_title("LR sensitivity (shaded: within 5% of the best; x: diverged)")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize="small")
+    return figure

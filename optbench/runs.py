@@ -1,0 +1,135 @@
+"""Finished runs read back from their folders: what `optbench report` and `optbench compare` work on.
+
+A run folder is any folder holding Hydra's `.hydra/overrides.yaml`; single runs and the numbered
+jobs of a multirun look the same. Runs are told apart by the overrides that differ between them
+(the "varied keys"); runs that differ only in their seed form one group.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optbench.errors import ConfigError
+
+SEED_KEY = "trainer.seed"
+LR_KEY = "optimizer.lr"
+
+
+@dataclass
+class Run:
+    path: Path
+    overrides: dict[str, str]
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(repr=False)
+
+    @property
+    def status(self) -> str:
+        # No summary.json: the run was killed before it could write one, or is still running.
+        return str(self.summary.get("status", "incomplete"))
+
+    def config(self, dotted: str, default: Any = None) -> Any:
+        node: Any = self.summary.get("config", {})
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def series(self, split: str, name: str) -> dict[int, float]:
+        """step -> value of one metric; a null (non-finite) value as NaN."""
+        return {line["step"]: _number(line.get(name)) for line in self.metrics
+                if line.get("split") == split and name in line}
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def read_overrides(run_dir: Path) -> dict[str, str]:
+    """key -> value of the overrides that made this run (`optimizer=sgd` has key `optimizer`)."""
+    from omegaconf import OmegaConf
+
+    lines = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
+    assert isinstance(lines, list)
+    pairs = (str(line).lstrip("+~").split("=", 1) for line in lines)
+    return {pair[0]: pair[1] if len(pair) > 1 else "" for pair in pairs}
+
+
+def load_run(run_dir: Path) -> Run:
+    summary_path, metrics_path = run_dir / "summary.json", run_dir / "metrics.jsonl"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    metrics = ([json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+               if metrics_path.exists() else [])
+    return Run(run_dir, read_overrides(run_dir), summary, metrics)
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    """Every run under `paths` (each a run folder or a folder above run folders), in path order."""
+    found: dict[Path, None] = {}
+    for path in paths:
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file or folder.")
+        for marker in sorted(path.rglob(".hydra/overrides.yaml")):
+            found[marker.parent.parent.resolve()] = None
+    if not found:
+        where = ", ".join(str(p) for p in paths)
+        raise ConfigError(f"{where}: no runs found (a run folder holds .hydra/overrides.yaml, "
+                          f"as `optbench run` writes).")
+    return [load_run(path) for path in sorted(found, key=_natural)]
+
+
+def _natural(path: Path) -> list[Any]:
+    """Sort key in which multirun job 10 comes after job 9."""
+    return [int(part) if part.isdigit() else part for part in path.parts]
+
+
+def varied_keys(runs: list[Run]) -> list[str]:
+    """Override keys whose value is not the same in every run, in the order they first appear."""
+    keys = list(dict.fromkeys(k for run in runs for k in run.overrides))
+    return [k for k in keys if len({run.overrides.get(k) for run in runs}) > 1]
+
+
+def label(run: Run, keys: list[str]) -> str:
+    """The run's group name: its values of `keys` (seed excluded), or `all` when there are none."""
+    parts = [f"{k}={run.overrides.get(k, '-')}" for k in keys if k != SEED_KEY]
+    return " ".join(parts) or "all"
+
+
+def group_runs(runs: list[Run], keys: list[str]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(label(run, keys), []).append(run)
+    return groups
+
+
+@dataclass(frozen=True)
+class Target:
+    """The metric that ranks runs: `val/acc` maximized, unless the runs' config says otherwise."""
+
+    name: str
+    maximize: bool
+
+    @classmethod
+    def of(cls, runs: list[Run]) -> Target:
+        monitor = next((r.config("trainer.monitor") for r in runs if r.config("trainer.monitor")), "loss")
+        mode = next((r.config("trainer.monitor_mode") for r in runs if r.config("trainer.monitor_mode")), "min")
+        return cls(f"val/{monitor}", mode == "max")
+
+    def best(self, run: Run) -> float:
+        """The run's best value; NaN for a run that did not complete (it ranks last)."""
+        if run.status != "completed":
+            return math.nan
+        return _number(run.summary.get("best", {}).get(self.name, run.summary.get("final", {}).get(self.name)))
+
+    def final(self, run: Run) -> float:
+        return _number(run.summary.get("final", {}).get(self.name))
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.maximize else a < b
+
+    def reached(self, value: float, target: float) -> bool:
+        return value >= target if self.maximize else value <= target

@@ -1,0 +1,56 @@
+"""`optbench toy`: the chapter's qualitative claims on 2-D problems, with the training configs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from optbench.build import optimizer_from
+from optbench.cli import main
+from optbench.config import compose
+from optbench.toy import PROBLEMS, losses, optimizer_configs, steps_to, trajectory
+
+
+def steps_on(function: str, optimizer: str, steps: int = 300) -> int | None:
+    problem = PROBLEMS[function]
+    ((_, node),) = optimizer_configs(problem, [f"optimizer={optimizer}"])
+    return steps_to(losses(problem, trajectory(problem, node, steps)), 0.01)
+
+
+def test_momentum_and_nesterov_beat_sgd_on_the_ravine() -> None:
+    sgd = steps_on("ravine", "sgd")
+    assert sgd is not None  # SGD gets there too, only later
+    for name in ("momentum", "nesterov"):
+        fast = steps_on("ravine", name)
+        assert fast is not None and fast < sgd, (name, fast, sgd)
+
+
+def test_adam_update_is_invariant_to_a_diagonal_rescaling_of_the_gradient() -> None:
+    """Adam divides each coordinate by the root of its own second moment: scaling the gradient
+    by D scales both, so the update is unchanged (up to eps). SGD's is not."""
+    gradients = torch.randn(20, 2, dtype=torch.float64)
+    scale = torch.tensor([1e-3, 1e3], dtype=torch.float64)
+
+    def updates(optimizer: str, rescale: bool) -> torch.Tensor:
+        cfg = compose([f"optimizer={optimizer}", "optimizer.eps=1e-30"] if optimizer == "adam" else [f"optimizer={optimizer}"])
+        point = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        opt = optimizer_from(cfg.optimizer, [point])
+        for g in gradients:
+            point.grad = g * scale if rescale else g.clone()
+            opt.step()
+        return point.detach().clone()
+
+    torch.testing.assert_close(updates("adam", True), updates("adam", False), rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(updates("sgd", True), updates("sgd", False))
+
+
+def test_toy_cli_writes_plot_and_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["toy", "optimizer=sgd,adam", "--function", "beale", "--steps", "50", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "toy.csv").open()))
+    assert [r["optimizer"] for r in rows] == ["optimizer=sgd", "optimizer=adam"]
+    assert (tmp_path / "toy.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["toy", "optimizer=nosuch", "--out", str(tmp_path)]) == 2
+    assert "optimizer=nosuch" in capsys.readouterr().err
