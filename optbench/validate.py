@@ -23,7 +23,7 @@ from optbench.schema import TrainerConfig, check_value
 COMPONENTS = {
     "data": set(),
     "params": set(),
-    "model": {"input_shape", "num_classes"},
+    "model": {"input_shape", "num_classes", "vocab_size", "per_token"},
     "optimizer": {"params"},
     "scheduler": {"optimizer", "total_steps", "steps_per_epoch", "base_lr"},
 }
