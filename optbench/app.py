@@ -69,12 +69,12 @@ def run_job(cfg: DictConfig) -> int:
     """
     from hydra.core.hydra_config import HydraConfig
 
+    from optbench.gan import trainer_class
     from optbench.runlog import write_summary
-    from optbench.trainer import Trainer
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = Trainer(cfg, run_dir).fit()
+        summary = trainer_class(cfg)(cfg, run_dir).fit()
         return 130 if summary["status"] == "interrupted" else 0
     except ConfigError as e:
         print(e.render(), file=sys.stderr)

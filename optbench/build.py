@@ -77,9 +77,9 @@ def build_data(node: DictConfig) -> InMemoryData:
 
 # What each kind of input is, and models that read it, for the message of a mismatch.
 INPUTS = {
-    "images": ("images (C, H, W)", "mlp, resnet, resnet18, tv_resnet, vit, tv_vit"),
-    "vectors": ("vectors", "mlp"),
-    "tokens": ("token sequences", "rnn, char_lstm, bert"),
+    "images": ("images (C, H, W)", "model=resnet, tv_resnet, vit, tv_vit, mlp or dcgan"),
+    "vectors": ("vectors", "model=mlp or gan_ring"),
+    "tokens": ("token sequences", "model=rnn or bert"),
 }
 
 
@@ -94,7 +94,7 @@ def build_model(node: DictConfig, data: InMemoryData) -> torch.nn.Module:
         raise ConfigError(
             f"model._target_={node._target_}: reads {' or '.join(INPUTS[r][0] for r in reads)}, but the "
             f"data are {given} of shape {spec.input_shape}. Choose a model that reads "
-            f"{given} (model={models}) or other data."
+            f"{given} ({models}) or other data."
         )
     context = {"input_shape": spec.input_shape, "num_classes": spec.num_classes, "vocab_size": spec.vocab_size,
                "per_token": spec.per_token}

@@ -294,6 +294,7 @@ class Trainer:
             metrics["loss_scale"] = self.scaler.get_scale()
         if self.tc.nonfinite == "skip":
             metrics["skipped_steps"] = self.skipped_steps
+        metrics.update(self.interval_metrics())
         self.runlog.write("train", self.step, self._epoch_float(), self._elapsed(), metrics)
         self.progress.update(self.step, self._epoch_float(), metrics)
         self.last_train_loss = loss
@@ -301,6 +302,10 @@ class Trainer:
         self._reset_interval()
         if first_bad >= 0:
             self._diverged(first_bad, "the training loss")
+
+    def interval_metrics(self) -> dict[str, float]:
+        """More train metrics of the logging interval (a hook: a GAN adds its discriminator's)."""
+        return {}
 
     def _diverged(self, step: int, what: str) -> None:
         """Record where the run stopped being finite, then end it as `diverged`."""
