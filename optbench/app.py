@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from optbench import smoke
 from optbench.errors import ConfigError
 
 log = logging.getLogger("optbench")
@@ -42,6 +43,12 @@ def run(args: list[str]) -> int:
     from optbench.paths import configs_dir
 
     register_recipes()
+    try:
+        overrides = split_overrides(args)
+        args = [*(o for o in smoke.expand(overrides) if o not in overrides), *args]
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return 2
     if not any(a.split("=")[0] in INFO_FLAGS for a in args):
         multirun = "-m" in args or "--multirun" in args
         try:

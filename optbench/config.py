@@ -48,9 +48,10 @@ def compose(overrides: list[str]) -> DictConfig:
 
 def job_config(overrides: list[str]) -> DictConfig:
     """The run's own config (no `hydra` node), validated: what `Trainer` takes in Python code."""
+    from optbench.smoke import expand
     from optbench.validate import validate_config
 
-    cfg = compose(overrides)
+    cfg = compose(expand(overrides))
     with open_dict(cfg):
         del cfg["hydra"]
     validate_config(cfg)
