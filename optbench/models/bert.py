@@ -27,7 +27,10 @@ log = logging.getLogger("optbench")
 class Embeddings(nn.Module):
     def __init__(self, vocab_size: int, length: int, dim: int, dropout: float):
         super().__init__()
+        # BERT's N(0, 0.02) for both: with torch's N(0, 1) token embeddings the positions would be
+        # drowned out after the LayerNorm, and attention could not find a token's neighbours.
         self.tokens = nn.Embedding(vocab_size, dim)
+        nn.init.normal_(self.tokens.weight, std=0.02)
         self.positions = nn.Parameter(torch.randn(1, length, dim) * 0.02)
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
