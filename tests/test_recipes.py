@@ -23,9 +23,10 @@ EXPECTED = {
                              "optimizer.lr": 0.1, "optimizer.weight_decay": 5e-4, "scheduler.warmup": 0,
                              "scheduler._target_": "optbench.schedules.Cosine", "trainer.epochs": 200,
                              "data.name": "cifar10"},
-    "cifar10_resnet18_adamw": {"model.depth": 18, "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 1e-3,
-                               "optimizer.weight_decay": 0.01, "scheduler._target_": "optbench.schedules.Cosine",
-                               "trainer.epochs": 100, "data.name": "cifar10"},
+    "cifar10_resnet18_adamw": {"model.depth": 18, "optimizer._target_": "torch.optim.AdamW",
+                               "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.01,
+                               "scheduler._target_": "optbench.schedules.Cosine", "trainer.epochs": 100,
+                               "data.name": "cifar10"},
     "bert_pretrain": {"model._target_": "optbench.models.Bert", "optimizer._target_": "torch.optim.AdamW",
                       "optimizer.lr": 1e-4, "optimizer.eps": 1e-6, "optimizer.weight_decay": 0.01,
                       "optimizer.betas": [0.9, 0.999], "scheduler._target_": "optbench.schedules.Polynomial",
@@ -43,10 +44,11 @@ EXPECTED = {
                 "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 3e-3, "optimizer.weight_decay": 0.3,
                 "scheduler._target_": "optbench.schedules.Cosine", "scheduler.warmup": 0.05,
                 "scheduler.min_lr_ratio": 0.01, "trainer.clip_norm": 1.0},
-    "rnn_lstm": {"model._target_": "optbench.models.RNN", "model.cell": "lstm", "optimizer._target_": "torch.optim.AdamW",
-                 "optimizer.lr": 1e-3, "trainer.clip_norm": 1.0},
-    "transformer_llrd": {"model._target_": "optbench.models.Bert", "params._target_": "optbench.param_groups.LayerDecay",
-                         "params.decay": 0.95, "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 1e-4},
+    "rnn_lstm": {"model._target_": "optbench.models.RNN", "model.cell": "lstm",
+                 "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 1e-3, "trainer.clip_norm": 1.0},
+    "transformer_llrd": {"model._target_": "optbench.models.Bert", "params.decay": 0.95,
+                         "params._target_": "optbench.param_groups.LayerDecay",
+                         "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 1e-4},
     "gan_ring": {"model._target_": "optbench.models.RingGAN", "gan.g.betas": [0.5, 0.999],
                  "gan.d.betas": [0.5, 0.999]},
     "digits_resnet20": {"model.depth": 20, "optimizer.nesterov": True, "optimizer.lr": 0.1},
@@ -71,9 +73,9 @@ def test_recipe_resolves_to_the_chapter_hyperparameters(recipe):
             value = value[int(part)] if isinstance(value, list) else value[part]
         assert value == expected, f"{recipe}: {key}={value!r}, expected {expected!r}"
     assert cfg["smoke_overrides"], f"{recipe} has no smoke_overrides"
-    first_line = (recipes_dir() / f"{recipe}.yaml").read_text().splitlines()[1]
-    header = (recipes_dir() / f"{recipe}.yaml").read_text()
-    assert first_line.startswith("# ") and f"optbench run recipe={recipe}" in header
+    text = (recipes_dir() / f"{recipe}.yaml").read_text()
+    description = text.splitlines()[1]  # the line `optbench list recipes` shows
+    assert description.startswith("# ") and f"optbench run recipe={recipe}" in text
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

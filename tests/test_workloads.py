@@ -50,12 +50,13 @@ def test_resnet50_and_vit_b_16_have_torchvisions_parameter_counts():
 
 # Pairs the recipes do not already run: each model family on the data it reads, smoke-sized.
 PAIRS = {
-    "gru_classifier": ["model=rnn", "model.cell=gru", "model.hidden=32", "data=counting", "data.train_size=64"],
+    "gru_classifier": ["model=rnn", "model.cell=gru", "model.hidden=32", "data=counting", "data.train_size=64",
+                       "data.val_size=8"],
     "vanilla_rnn_lm": ["model=rnn", "model.cell=rnn", "model.hidden=32", "data=chars", "data.max_chars=20000"],
     "small_vit": ["model=vit", "model.dim=32", "model.depth=1", "model.heads=2", "data=synthetic",
-                  "data.train_size=32"],
+                  "data.train_size=32", "data.val_size=8"],
     "tv_resnet34": ["model=tv_resnet", "model.arch=resnet34", "data=synthetic", "data.train_size=16",
-                    "data.batch_size=8"],
+                    "data.val_size=8", "data.batch_size=8"],
 }
 
 

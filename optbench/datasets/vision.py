@@ -115,8 +115,9 @@ def cifar(name: Literal["cifar10", "cifar100"] = "cifar10", root: str = "~/data"
                           f"into {path}.")
     mean_std = CIFAR_MEAN_STD[name]
     try:
-        train = getattr(torchvision.datasets, cls)(str(path), train=True, transform=_transforms(True, 32, mean_std, False))
-        val = getattr(torchvision.datasets, cls)(str(path), train=False, transform=_transforms(False, 32, mean_std, False))
+        reader = getattr(torchvision.datasets, cls)
+        train = reader(str(path), train=True, transform=_transforms(True, 32, mean_std, False))
+        val = reader(str(path), train=False, transform=_transforms(False, 32, mean_std, False))
     except Exception as e:  # torchvision's integrity check, or files that are not CIFAR's pickles
         reason = " ".join(str(e).split())[:200]
         raise ConfigError(f"data.root={root}: {path / folder} does not hold a readable {name} ({reason}). "
@@ -142,7 +143,8 @@ def imagenet(root: str = "~/data/imagenet", batch_size: PositiveInt = 256, num_w
     sets = {}
     for split in ("train", "val"):
         try:
-            sets[split] = ImageFolder(str(path / split), _transforms(split == "train", image_size, IMAGENET_MEAN_STD, True))
+            transform = _transforms(split == "train", image_size, IMAGENET_MEAN_STD, True)
+            sets[split] = ImageFolder(str(path / split), transform)
         except (FileNotFoundError, RuntimeError) as e:  # no class folders, or no images in them
             raise ConfigError(f"data.root={root}: {path / split} does not hold images in class folders "
                               f"({' '.join(str(e).split())[:200]}).") from None
