@@ -93,17 +93,19 @@ class GANTrainer(Trainer):
         optimizer = build_optimizer(gan.g, self.model.generator, self.cfg.params)
         self._d_loss_sum = torch.zeros((), device=self.device)
         self._d_loss_count = 0
+        self._label_cache = (torch.ones(0, 1), torch.zeros(0, 1))
         return optimizer, build_scheduler(gan.g_scheduler, optimizer, *length)
 
     def train_step(self, micro_batches: list[Batch], measure: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One discriminator update, then one generator update; returns (generator loss, its grad norm)."""
         self.model.train()
-        real = torch.cat([x for x, _ in micro_batches])  # micro-batches together: one GAN step
-        ones = torch.ones(len(real), 1, device=self.device)
+        # Micro-batches together make one GAN step (no copy for the usual single one).
+        real = micro_batches[0][0] if len(micro_batches) == 1 else torch.cat([x for x, _ in micro_batches])
+        ones, zeros = self._labels(len(real))
         with self._autocast():
             fake = self.model.sample(len(real))
             d_loss = (F.binary_cross_entropy_with_logits(self.model.discriminator(real).float(), ones)
-                      + F.binary_cross_entropy_with_logits(self.model.discriminator(fake.detach()).float(), 0 * ones))
+                      + F.binary_cross_entropy_with_logits(self.model.discriminator(fake.detach()).float(), zeros))
         self.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         self._clip(self.model.discriminator, measure=False)
@@ -123,6 +125,12 @@ class GANTrainer(Trainer):
         self._d_loss_sum += d_loss.detach()
         self._d_loss_count += 1
         return g_loss.detach(), grad_norm
+
+    def _labels(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Targets 1 (real) and 0 (fake) for a batch of n, made once per batch size."""
+        if self._label_cache[0].shape[0] != n:
+            self._label_cache = (torch.ones(n, 1, device=self.device), torch.zeros(n, 1, device=self.device))
+        return self._label_cache
 
     def _clip(self, net: nn.Module, measure: bool) -> torch.Tensor | None:
         """Clip one network's gradients as `trainer.clip_norm` / `clip_value` say; its norm if asked."""
