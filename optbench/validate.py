@@ -49,6 +49,10 @@ def validate_config(cfg: DictConfig, preview: bool = False) -> list[str]:
     problems = check_trainer(cfg.trainer)
     for group in ("scheduler",) if preview else COMPONENTS:
         problems += check_component(group, cfg[group], COMPONENTS[group])
+    if not preview and cfg.get("gan") is not None:  # a GAN's own optimizers and schedulers
+        for net in ("g", "d"):
+            problems += check_component(f"gan.{net}", cfg.gan[net], COMPONENTS["optimizer"])
+            problems += check_component(f"gan.{net}_scheduler", cfg.gan[f"{net}_scheduler"], COMPONENTS["scheduler"])
     if not problems and not preview:
         problems += dry_run_optimizer(cfg.optimizer)
     warnings: list[str] = []

@@ -126,6 +126,11 @@ def test_gan_checkpoint_holds_both_optimizers_and_resumes_exactly(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_gan_optimizers_are_validated_like_the_optimizer():
+    with pytest.raises(ConfigError, match="gan.d.betaz: not an argument of torch.optim.SGD"):
+        job_config(["model=gan_ring", "data=ring", "optimizer@gan.d=sgd", "+gan.d.betaz=1"])
+
+
 def test_char_lstm_learns_well_below_the_unigram_baseline(tmp_path, one_thread):
     summary, trainer = run(["model=rnn", "data=chars", "model.hidden=128", "data.seq_len=64", "data.batch_size=32",
                             "data.max_chars=300000", "trainer.max_steps=300", "trainer.clip_norm=1.0",
