@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from optbench import smoke
 from optbench.errors import ConfigError
 
 INTERRUPTED = 1  # exit status of a run stopped by a signal (its summary says `interrupted`)
@@ -41,6 +42,12 @@ def run(args: list[str]) -> int:
     from optbench.paths import configs_dir
 
     register_recipes()
+    try:
+        overrides = split_overrides(args)
+        args = [*(o for o in smoke.expand(overrides) if o not in overrides), *args]
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return 2
     if not any(a.split("=")[0] in INFO_FLAGS for a in args):
         multirun = "-m" in args or "--multirun" in args
         try:
@@ -91,12 +98,12 @@ def run_job(cfg: DictConfig) -> int:
 
     import torch
 
+    from optbench.gan import trainer_class
     from optbench.runlog import write_summary
-    from optbench.trainer import Trainer
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = Trainer(cfg, run_dir).fit()
+        summary = trainer_class(cfg)(cfg, run_dir).fit()
         return INTERRUPTED if summary["status"] == "interrupted" else 0
     except ConfigError as e:
         print(e.render(), file=sys.stderr)

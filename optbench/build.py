@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from optbench.errors import ConfigError
 from optbench.schema import TrainerConfig
 
 if TYPE_CHECKING:
@@ -74,9 +75,30 @@ def build_data(node: DictConfig) -> InMemoryData:
     return call_with_context(locate(node._target_), arguments(node), {})
 
 
+# What each kind of input is, and models that read it, for the message of a mismatch.
+INPUTS = {
+    "images": ("images (C, H, W)", "model=resnet, tv_resnet, vit, tv_vit, mlp or dcgan"),
+    "vectors": ("vectors", "model=mlp or gan_ring"),
+    "tokens": ("token sequences", "model=rnn or bert"),
+}
+
+
 def build_model(node: DictConfig, data: InMemoryData) -> torch.nn.Module:
-    context = {"input_shape": data.spec.input_shape, "num_classes": data.spec.num_classes}
-    return call_with_context(locate(node._target_), arguments(node), context)
+    """The model, given what it asks for about the data; a model declares the inputs it reads
+    (`inputs`) so that a mismatch is a clear error, not a shape error deep in `forward`."""
+    target = locate(node._target_)
+    spec = data.spec
+    reads = getattr(target, "inputs", None)
+    if reads is not None and spec.inputs not in reads:
+        given, models = INPUTS[spec.inputs]
+        raise ConfigError(
+            f"model._target_={node._target_}: reads {' or '.join(INPUTS[r][0] for r in reads)}, but the "
+            f"data are {given} of shape {spec.input_shape}. Choose a model that reads "
+            f"{given} ({models}) or other data."
+        )
+    context = {"input_shape": spec.input_shape, "num_classes": spec.num_classes, "vocab_size": spec.vocab_size,
+               "per_token": spec.per_token}
+    return call_with_context(target, arguments(node), context)
 
 
 def build_param_groups(node: DictConfig, model: torch.nn.Module, lr: float | None) -> list[dict[str, Any]]:

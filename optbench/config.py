@@ -38,6 +38,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    register_recipes()  # so that `recipe=NAME` composes in-process too, not only under `optbench run`
     try:
         with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3", job_name="optbench"):
             return hydra_compose(PRIMARY_CONFIG, overrides=overrides, return_hydra_config=True)
@@ -48,9 +49,10 @@ def compose(overrides: list[str]) -> DictConfig:
 
 def job_config(overrides: list[str]) -> DictConfig:
     """The run's own config (no `hydra` node), validated: what `Trainer` takes in Python code."""
+    from optbench.smoke import expand
     from optbench.validate import validate_config
 
-    cfg = compose(overrides)
+    cfg = compose(expand(overrides))
     with open_dict(cfg):
         del cfg["hydra"]
     validate_config(cfg)

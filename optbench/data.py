@@ -11,19 +11,35 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from typing import Literal, Optional
+
 import torch
 
 from optbench.schema import PositiveInt, UnitInterval
+from optbench.tasks import Batch, Classification, Task
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+__all__ = ["Batch", "DataSpec", "InMemoryData", "digits", "synthetic"]
+
+Inputs = Literal["images", "vectors", "tokens"]
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What a model needs to know about the data: one sample's shape and the number of classes."""
+    """What a model needs to know about the data: one sample's shape, the number of classes, the
+    kind of input (so that a model can refuse data it cannot read) and, for tokens, the vocabulary."""
 
     input_shape: tuple[int, ...]
     num_classes: int
+    inputs: Inputs = "vectors"
+    vocab_size: Optional[int] = None
+    per_token: bool = False  # a label per position (language models), not per sample
+
+
+def input_kind(x: torch.Tensor) -> Inputs:
+    """Integer tensors are token ids; float (C, H, W) samples are images; anything else vectors."""
+    if not x.is_floating_point():
+        return "tokens"
+    return "images" if x.ndim == 4 else "vectors"
 
 
 class InMemoryData:
@@ -38,11 +54,15 @@ class InMemoryData:
         num_classes: int,
         batch_size: int,
         drop_last: bool = False,
+        task: Task | None = None,
+        vocab_size: int | None = None,
     ):
         self.x_train, self.y_train, self.x_val, self.y_val = x_train, y_train, x_val, y_val
         self.batch_size = batch_size
         self.drop_last = drop_last
-        self.spec = DataSpec(tuple(x_train.shape[1:]), num_classes)
+        self.task = task or Classification()
+        self.spec = DataSpec(tuple(x_train.shape[1:]), num_classes, input_kind(x_train), vocab_size,
+                             per_token=y_train.ndim > 1)
 
     def to(self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> InMemoryData:
         """Move the tensors to `device` once; image batches in `memory_format` (channels-last)."""
@@ -93,7 +113,8 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
     return [(t - mean) / std for t in (train, *others)]
 
 
-def digits(batch_size: PositiveInt = 128, val_fraction: UnitInterval = 0.2, split_seed: int = 0) -> InMemoryData:
+def digits(batch_size: PositiveInt = 128, val_fraction: UnitInterval = 0.2, split_seed: int = 0,
+           target: Optional[str] = "acc >= 0.97") -> InMemoryData:
     """The UCI handwritten digits bundled with scikit-learn: 1,797 8x8 grey images, 10 classes.
 
     No download: the data ship inside scikit-learn. The held-out split (20% by default, the
@@ -106,7 +127,7 @@ def digits(batch_size: PositiveInt = 128, val_fraction: UnitInterval = 0.2, spli
     y = torch.tensor(raw.target, dtype=torch.long)
     train, val = split(len(y), val_fraction, split_seed)
     x_train, x_val = standardize(x[train], x[val])
-    return InMemoryData(x_train, y[train], x_val, y[val], 10, batch_size)
+    return InMemoryData(x_train, y[train], x_val, y[val], 10, batch_size, task=Classification(target))
 
 
 def synthetic(
@@ -116,6 +137,7 @@ def synthetic(
     train_size: PositiveInt = 2048,
     val_size: PositiveInt = 512,
     seed: int = 0,
+    target: Optional[str] = None,
 ) -> InMemoryData:
     """Gaussian inputs of any shape, labelled by a fixed random linear teacher (so it is learnable).
 
@@ -126,4 +148,5 @@ def synthetic(
     x = torch.randn(train_size + val_size, *shape, generator=generator)
     teacher = torch.randn(math.prod(shape), num_classes, generator=generator)
     y = (x.flatten(1) @ teacher).argmax(dim=1)
-    return InMemoryData(x[:train_size], y[:train_size], x[train_size:], y[train_size:], num_classes, batch_size)
+    return InMemoryData(x[:train_size], y[:train_size], x[train_size:], y[train_size:], num_classes, batch_size,
+                        task=Classification(target))

@@ -29,7 +29,7 @@ from optbench.progress import ProgressBar, print_summary
 from optbench.runlog import RunLog, per_group, write_summary
 from optbench.scheduled_lr import ScheduledLR, cycled_momenta
 from optbench.schema import TrainerConfig
-from optbench.tasks import Classification
+from optbench.tasks import Classification, Task
 
 log = logging.getLogger("optbench")
 
@@ -73,15 +73,14 @@ class Trainer:
         self.model = build_model(cfg.model, self.data).to(self.device, memory_format=memory_format)
         # The compiled module shares the model's parameters; state_dicts come from the model.
         self.forward_model = torch.compile(self.model) if self.tc.compile else self.model
-        self.task = Classification()
-        self.optimizer = build_optimizer(cfg.optimizer, self.model, cfg.params)
+        # The data say what is computed from their batches (loss, metrics, the run's target).
+        self.task: Task = getattr(self.data, "task", None) or Classification()
+        self.total_steps, self.steps_per_epoch = run_length(self.tc, self.data)
+        self.optimizer, self.scheduler = self.build_optimization()
         self.ema = None
         if self.tc.ema.decay is not None:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.tc.ema.decay),
                                      use_buffers=True)
-
-        self.total_steps, self.steps_per_epoch = run_length(self.tc, self.data)
-        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total_steps, self.steps_per_epoch)
 
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
         self.autocast_dtype = AUTOCAST_DTYPES.get(self.tc.precision)
@@ -102,9 +101,15 @@ class Trainer:
         self.best: dict[str, float] = {}
         self.last_val: dict[str, float] = {}
         self.last_train_loss = math.nan
+        self.target_reached: dict[str, float] = {}  # step, epoch and time of the first evaluation at target
         self.train_time = 0.0  # seconds spent in training steps (evaluation excluded)
         self.samples_seen = 0
         self.divergence: dict[str, Any] = {}
+
+    def build_optimization(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The optimizer and its scheduler (a hook: a GAN builds a pair per network)."""
+        optimizer = build_optimizer(self.cfg.optimizer, self.model, self.cfg.params)
+        return optimizer, build_scheduler(self.cfg.scheduler, optimizer, self.total_steps, self.steps_per_epoch)
 
     def _count_optimizer_step(self) -> None:
         self.optimizer_steps_taken += 1
@@ -310,6 +315,7 @@ class Trainer:
             metrics["loss_scale"] = self.scaler.get_scale()
         if self.tc.nonfinite == "skip":
             metrics["skipped_steps"] = self.skipped_steps
+        metrics.update(self.interval_metrics())
         self.runlog.write("train", self.step, self._epoch_float(), self._elapsed(), metrics)
         self.progress.update(self.step, self._epoch_float(), metrics)
         self.last_train_loss = loss
@@ -317,6 +323,10 @@ class Trainer:
         self._reset_interval()
         if first_bad >= 0:
             self._diverged(first_bad, "the training loss")
+
+    def interval_metrics(self) -> dict[str, float]:
+        """More train metrics of the logging interval (a hook: a GAN adds its discriminator's)."""
+        return {}
 
     def _diverged(self, step: int, what: str) -> None:
         """Record where the run stopped being finite, then end it as `diverged`."""
@@ -351,6 +361,11 @@ class Trainer:
                     if name == self.tc.monitor:
                         self._save_best()
         self.last_val = {**metrics, "_step": self.step}
+        target = self.task.target
+        if target is not None and not self.target_reached and target.met(metrics):
+            self.target_reached = {"step": self.step, "epoch": self._epoch_float(), "time_s": self._elapsed(),
+                                   "train_time_s": self.train_time}
+            log.info("target %s reached at step %d (%.1f s)", target, self.step, self._elapsed())
         if not math.isfinite(metrics.get("loss", 0.0)):
             self._diverged(self.step, "the validation loss")
         return metrics
@@ -382,6 +397,7 @@ class Trainer:
                 "samples_seen": self.samples_seen,
                 "skipped_steps": self.skipped_steps,
                 "best": dict(self.best),
+                "target_reached": dict(self.target_reached),
             },
             "rng": checkpoint.rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -403,6 +419,7 @@ class Trainer:
         self.train_time, self.samples_seen = progress["train_time"], progress["samples_seen"]
         self.skipped_steps = progress["skipped_steps"]
         self.best = dict(progress["best"])
+        self.target_reached = dict(progress.get("target_reached", {}))
         checkpoint.set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> None:
@@ -459,6 +476,9 @@ class Trainer:
             "device": str(self.device),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
+        if self.task.target is not None:
+            summary["target"] = {"goal": str(self.task.target), "reached": bool(self.target_reached),
+                                 **self.target_reached}
         if status == "diverged":
             summary["divergence"] = self.divergence
         return summary

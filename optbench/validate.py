@@ -23,7 +23,7 @@ from optbench.schema import TrainerConfig, check_value
 COMPONENTS = {
     "data": set(),
     "params": set(),
-    "model": {"input_shape", "num_classes"},
+    "model": {"input_shape", "num_classes", "vocab_size", "per_token"},
     "optimizer": {"params"},
     "scheduler": {"optimizer", "total_steps", "steps_per_epoch", "base_lr"},
 }
@@ -59,6 +59,10 @@ def validate_config(cfg: DictConfig, preview: bool = False) -> list[str]:
     if not preview:
         for key, node in wrapped_optimizers(cfg.optimizer):
             problems += check_component(key, node, COMPONENTS["optimizer"])
+    if not preview and cfg.get("gan") is not None:  # a GAN's own optimizers and schedulers
+        for net in ("g", "d"):
+            problems += check_component(f"gan.{net}", cfg.gan[net], COMPONENTS["optimizer"])
+            problems += check_component(f"gan.{net}_scheduler", cfg.gan[f"{net}_scheduler"], COMPONENTS["scheduler"])
     if not problems and not preview:
         problems += dry_run_optimizer(cfg.optimizer)
     warnings: list[str] = []

@@ -13,6 +13,8 @@ from optbench.schema import Fraction, PositiveInt
 class MLP(nn.Sequential):
     """Linear-ReLU blocks (with optional dropout) and a linear classifier head named `head`."""
 
+    inputs = ("images", "vectors")  # what `build_model` lets it read
+
     def __init__(
         self,
         input_shape: Sequence[int],

@@ -52,6 +52,8 @@ def stage_layout(depth: int) -> tuple[list[int], list[int]]:
 class ResNet(nn.Module):
     """Stem, stages named `layer1`..`layerN` (for layer-wise LR rules), pooling, and `head`."""
 
+    inputs = ("images",)  # what `build_model` lets it read
+
     def __init__(
         self,
         input_shape: Sequence[int],

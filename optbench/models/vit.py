@@ -33,6 +33,8 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
+    inputs = ("images",)  # what `build_model` lets it read
+
     def __init__(
         self,
         input_shape: Sequence[int],

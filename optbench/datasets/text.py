@@ -1,0 +1,173 @@
+"""Token-sequence data that need no download.
+
+Text: the `.py` files at the top of the Python standard library's folder (`sysconfig`'s `stdlib`),
+read as bytes in name order, so every machine with CPython has them (their exact content follows
+the Python version). Tokens are bytes (0-255) plus a [MASK] token (256) for masked-LM pre-training,
+one vocabulary for every text task so that a pre-trained body fits every fine-tuning task.
+
+`counting` is a generated language with a known structure: noise tokens with a few marker tokens
+mixed in; the label is the marker that occurs most often (never a tie), so a perfect classifier
+exists and it must count across the whole sequence.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from optbench.data import InMemoryData, split
+from optbench.errors import ConfigError
+from optbench.schema import PositiveInt, UnitInterval
+from optbench.tasks import IGNORE, Batch, Classification, TokenPrediction
+
+MASK = 256
+VOCAB = 257
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_bytes(files: list[Path], max_chars: int) -> bytes:
+    """The files' bytes, concatenated in order, up to `max_chars`."""
+    chunks, size = [], 0
+    for path in files:
+        chunk = path.read_bytes()[: max_chars - size]
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= max_chars:
+            break
+    return b"".join(chunks)
+
+
+def source_files(folder: Path, pattern: str = "**/*.py") -> list[Path]:
+    """Python files under `folder` (tests left out: they repeat the code they test), in name order."""
+    files = sorted(p for p in folder.glob(pattern) if not {"test", "tests"} & set(p.relative_to(folder).parts))
+    if not files:
+        raise ConfigError(f"data: found no Python source files in {folder}, the standard library's folder that "
+                          f"this data set reads as text (a CPython without its .py sources?). Use data=counting, "
+                          f"which is generated.")
+    return files
+
+
+def tokens_of(text: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+
+
+def unigram_loss(labels: torch.Tensor) -> float:
+    """Cross-entropy (nats) of always predicting the label frequencies: the baseline to beat."""
+    labels = labels[labels != IGNORE]
+    p = torch.bincount(labels).double() / len(labels)
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
+
+
+def chars(batch_size: PositiveInt = 64, seq_len: PositiveInt = 128, max_chars: PositiveInt = 2_000_000,
+          val_fraction: UnitInterval = 0.1, target: Optional[str] = "bits <= 2.5") -> InMemoryData:
+    """Character-level language modelling: predict each next byte of the stdlib's source.
+
+    Non-overlapping windows of `seq_len`; the last `val_fraction` of the text is the validation set.
+    """
+    tokens = tokens_of(stdlib_bytes(source_files_top(), max_chars))
+    n = (len(tokens) - 1) // seq_len
+    x = tokens[: n * seq_len].view(n, seq_len)
+    y = tokens[1 : n * seq_len + 1].view(n, seq_len)
+    n_val = max(1, round(n * val_fraction))
+    return InMemoryData(x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], VOCAB, batch_size,
+                        task=TokenPrediction(target), vocab_size=VOCAB)
+
+
+def source_files_top() -> list[Path]:
+    """The top-level modules of the standard library (no packages: a stable, ordinary sample)."""
+    return source_files(stdlib_root(), "*.py")
+
+
+def mask_tokens(x: torch.Tensor, generator: torch.Generator, mask_prob: float) -> Batch:
+    """BERT's masking: `mask_prob` of positions are predicted; of those 80% become [MASK], 10% a
+    random byte and 10% stay. Returns (inputs, labels) with labels IGNORE where not predicted."""
+    draw = torch.rand(x.shape, generator=generator, device=x.device)
+    chosen = draw < mask_prob
+    labels = torch.where(chosen, x, IGNORE)
+    masked = torch.where(draw < mask_prob * 0.8, MASK, x)
+    random_bytes = torch.randint(0, 256, x.shape, generator=generator, device=x.device)
+    inputs = torch.where((draw >= mask_prob * 0.8) & (draw < mask_prob * 0.9), random_bytes, masked)
+    return inputs, labels
+
+
+class MaskedText(InMemoryData):
+    """Text windows masked afresh for every batch, by a generator seeded from (seed, epoch, batch):
+    the masks, like the order, are a pure function of those, so a resumed run sees the same ones."""
+
+    mask_prob: float = 0.15
+
+    def train_batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Batch]:
+        for i, (x, _) in enumerate(super().train_batches(seed, epoch, start), start):
+            generator = torch.Generator(x.device).manual_seed((seed * 100_003 + epoch) * 1_000_003 + i)
+            yield mask_tokens(x, generator, self.mask_prob)
+
+
+def masked_chars(batch_size: PositiveInt = 64, seq_len: PositiveInt = 64, max_chars: PositiveInt = 2_000_000,
+                 val_fraction: UnitInterval = 0.1, mask_prob: UnitInterval = 0.15,
+                 target: Optional[str] = "bits <= 2.0") -> InMemoryData:
+    """Masked-language-model pre-training on the stdlib's source (fixed masks for validation)."""
+    tokens = tokens_of(stdlib_bytes(source_files_top(), max_chars))
+    n = len(tokens) // seq_len
+    windows = tokens[: n * seq_len].view(n, seq_len)
+    n_val = max(1, round(n * val_fraction))
+    x_val, y_val = mask_tokens(windows[-n_val:], torch.Generator().manual_seed(0), mask_prob)
+    data = MaskedText(windows[:-n_val], windows[:-n_val], x_val, y_val, VOCAB, batch_size,
+                      task=TokenPrediction(target), vocab_size=VOCAB)
+    data.mask_prob = mask_prob
+    return data
+
+
+def code_topics(batch_size: PositiveInt = 32, seq_len: PositiveInt = 64,
+                packages: tuple[str, ...] = ("asyncio", "email", "multiprocessing", "xml"),
+                per_class: PositiveInt = 2000, val_fraction: UnitInterval = 0.2, split_seed: int = 0,
+                target: Optional[str] = "acc >= 0.9") -> InMemoryData:
+    """Sequence classification: which stdlib package (`packages`) a `seq_len`-byte snippet comes
+    from; `per_class` random non-overlapping snippets of each, a seeded held-out split."""
+    xs, ys = [], []
+    generator = torch.Generator().manual_seed(split_seed)
+    for label, name in enumerate(packages):
+        folder = stdlib_root() / name
+        if not folder.is_dir():
+            raise ConfigError(f"data.packages: {name!r} is not a package of the standard library at {stdlib_root()}.")
+        tokens = tokens_of(stdlib_bytes(source_files(folder), per_class * seq_len * 4))
+        windows = tokens[: len(tokens) // seq_len * seq_len].view(-1, seq_len)
+        windows = windows[torch.randperm(len(windows), generator=generator)[:per_class]]
+        xs.append(windows)
+        ys.append(torch.full((len(windows),), label))
+    x, y = torch.cat(xs), torch.cat(ys)
+    train, val = split(len(y), val_fraction, split_seed)
+    return InMemoryData(x[train], y[train], x[val], y[val], len(packages), batch_size,
+                        task=Classification(target), vocab_size=VOCAB)
+
+
+def counting(batch_size: PositiveInt = 64, seq_len: PositiveInt = 64, num_classes: PositiveInt = 4,
+             noise_tokens: PositiveInt = 16, max_count: PositiveInt = 4, train_size: PositiveInt = 8192,
+             val_size: PositiveInt = 1024, seed: int = 0, target: Optional[str] = "acc >= 0.95") -> InMemoryData:
+    """The generated counting language: tokens 0..num_classes-1 are markers, the next
+    `noise_tokens` are noise. Each marker occurs 0..max_count times, the label's one more time than
+    any other, at random positions; label = the most frequent marker."""
+    if num_classes * (max_count + 1) > seq_len:
+        raise ConfigError(f"data.seq_len={seq_len}: too short for {num_classes} markers of up to "
+                          f"{max_count + 1} occurrences each.")
+    generator = torch.Generator().manual_seed(seed)
+    n = train_size + val_size
+    x = torch.randint(num_classes, num_classes + noise_tokens, (n, seq_len), generator=generator)
+    y = torch.randint(0, num_classes, (n,), generator=generator)
+    counts = torch.randint(0, max_count + 1, (n, num_classes), generator=generator)
+    counts[torch.arange(n), y] = counts.max(dim=1).values + 1  # the label's marker wins outright
+    # Slot j of a sample's random order of positions holds marker c when cum[c-1] <= j < cum[c].
+    positions = torch.rand(n, seq_len, generator=generator).argsort(dim=1)
+    slot_class = (torch.arange(seq_len)[None, :, None] >= counts.cumsum(dim=1)[:, None, :]).sum(dim=2)
+    x.scatter_(1, positions, torch.where(slot_class < num_classes, slot_class, x.gather(1, positions)))
+    return InMemoryData(x[:train_size], y[:train_size], x[train_size:], y[train_size:], num_classes, batch_size,
+                        task=Classification(target), vocab_size=num_classes + noise_tokens)
+
+

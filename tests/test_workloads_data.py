@@ -1,0 +1,101 @@
+"""The DataLoader-based image data on tiny fake files: torchvision's CIFAR format, ImageFolder
+layout; and what a missing or wrong data set says."""
+
+from __future__ import annotations
+
+import pickle
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from conftest import run_cli
+from optbench.datasets.vision import cifar, imagenet
+from optbench.errors import ConfigError
+
+
+def write_fake_cifar10(root, per_batch: int = 8) -> None:
+    """CIFAR-10's python layout: pickled dicts of uint8 rows (3x32x32, channel-major) and labels."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 "labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}))
+
+
+@pytest.fixture
+def fake_cifar(tmp_path, monkeypatch):
+    write_fake_cifar10(tmp_path)
+    # torchvision checks the real files' MD5 sums; fake files pass only with the check off.
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args: True)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
+    return tmp_path
+
+
+def test_cifar_reads_torchvision_files_with_a_seeded_order(fake_cifar):
+    data = cifar("cifar10", root=str(fake_cifar), batch_size=4, num_workers=0)
+    assert data.spec.input_shape == (3, 32, 32) and data.spec.num_classes == 10
+    assert data.num_train == 40 and data.batches_per_epoch == 10
+    x, y = next(data.train_batches(seed=0, epoch=0))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (4,)
+    labels = [y for _, y in data.train_batches(seed=0, epoch=0)]
+    assert all(torch.equal(a, b) for a, b in zip(labels[3:], [y for _, y in data.train_batches(0, 0, start=3)]))
+    assert not all(torch.equal(a, b) for a, b in zip(labels, [y for _, y in data.train_batches(0, 1)]))
+    assert sum(len(y) for _, y in data.val_batches()) == 8
+
+
+def test_cifar_missing_or_wrong_or_offline(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="looked for .*cifar-10-batches-py.*data.download=true"):
+        cifar("cifar10", root=str(tmp_path / "nowhere"))
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_text("not a pickle")
+    with pytest.raises(ConfigError, match="does not hold a readable cifar10"):
+        cifar("cifar10", root=str(tmp_path))
+
+    def offline(self):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    with pytest.raises(ConfigError, match="could not download cifar10.*Offline"):
+        cifar("cifar10", root=str(tmp_path / "fresh"), download=True)
+
+
+def write_image_folder(root, classes=("cat", "dog"), per_class: int = 3) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def test_image_folder_with_worker_processes(tmp_path):
+    write_image_folder(tmp_path)
+    data = imagenet(root=str(tmp_path), batch_size=2, num_workers=1, image_size=32).to(torch.device("cpu"))
+    assert data.spec.num_classes == 2 and data.batches_per_epoch == 3
+    batches = list(data.train_batches(seed=1, epoch=0))
+    assert [x.shape for x, _ in batches] == [(2, 3, 32, 32)] * 3
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == [0, 0, 0, 1, 1, 1]
+    assert sum(len(y) for _, y in data.val_batches()) == 6
+
+
+def test_image_folder_missing_or_wrong(tmp_path):
+    with pytest.raises(ConfigError, match="looked for .*train.*image-net.org"):
+        imagenet(root=str(tmp_path))
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(ConfigError, match="does not hold images in class folders"):
+        imagenet(root=str(tmp_path))
+
+
+def test_missing_data_root_exits_2_with_where_it_looked(workdir):
+    result = run_cli("run", "data=cifar10", f"data.root={workdir / 'none'}", "trainer.max_steps=1", cwd=workdir)
+    assert result.returncode == 2
+    assert "looked for" in result.stderr and "Traceback" not in result.stderr
