@@ -76,7 +76,7 @@ def check(args: list[str]) -> int:
     register_recipes()
     multirun = "-m" in args or "--multirun" in args
     try:
-        cfg = validate_overrides(split_overrides(args), multirun)
+        cfg = validate_overrides(smoke.expand(split_overrides(args)), multirun)
     except ConfigError as e:
         print(e.render(), file=sys.stderr)
         return 2
