@@ -33,7 +33,7 @@ ROSENBROCK_TARGET = 0.2  # distance to the minimum (1, 1), from (-0.5, 0.5): 1.6
 # muon the AdamW LR are set too. Rosenbrock's curved valley takes plain SGD, Adagrad and RAdam
 # (its long warm-up with beta2=0.999) several thousand steps.
 TOY = {
-    "adafactor": (0.1, 0.1, 2500), "adagrad": (0.5, 0.3, 5000), "adam": (0.1, 0.3, 600),
+    "adafactor": (0.1, 0.1, 2500), "adagrad": (0.5, 0.3, 5000), "adam": (0.1, 0.3, 600), "gan_adam": (0.1, 0.1, 2500),
     "adam8bit": (0.1, 0.3, 600), "adamw": (0.1, 0.3, 600), "adamw8bit": (0.1, 0.3, 600),
     "lamb": (0.1, 0.03, 2500), "lars": (20.0, 10.0, 600), "lion": (0.1, 0.03, 600),
     "lookahead": (0.1, 0.1, 2500), "momentum": (0.05, 0.002, 600), "muon": (0.1, 0.03, 600),
