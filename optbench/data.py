@@ -42,6 +42,17 @@ def input_kind(x: torch.Tensor) -> Inputs:
     return "images" if x.ndim == 4 else "vectors"
 
 
+def count_batches(num_train: int, batch_size: int, drop_last: bool) -> int:
+    """Batches in an epoch; `drop_last` drops the short last one."""
+    return num_train // batch_size if drop_last else math.ceil(num_train / batch_size)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of epoch `epoch`'s order: a pure function of (seed, epoch), so a resumed run
+    draws the same order whatever else consumed random numbers."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
 class InMemoryData:
     """Train and validation tensors with batch iteration; `to(device)` moves them once."""
 
@@ -79,13 +90,11 @@ class InMemoryData:
     @property
     def batches_per_epoch(self) -> int:
         """Training (micro-)batches in one epoch."""
-        if self.drop_last:
-            return self.num_train // self.batch_size
-        return math.ceil(self.num_train / self.batch_size)
+        return count_batches(self.num_train, self.batch_size, self.drop_last)
 
     def train_batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Epoch `epoch`'s shuffled batches, from batch number `start` on."""
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        generator = epoch_generator(seed, epoch)
         order = torch.randperm(self.num_train, generator=generator).to(self.x_train.device)
         for i in range(start, self.batches_per_epoch):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]

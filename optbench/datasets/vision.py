@@ -9,7 +9,6 @@ Nothing is downloaded unless `data.download=true`; a missing data set says where
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, Optional
@@ -17,7 +16,7 @@ from typing import Literal, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from optbench.data import DataSpec
+from optbench.data import DataSpec, count_batches, epoch_generator
 from optbench.errors import ConfigError
 from optbench.schema import NonNegativeInt, PositiveInt
 from optbench.tasks import Batch, Classification
@@ -52,12 +51,10 @@ class LoaderData:
     @property
     def batches_per_epoch(self) -> int:
         # Large-batch recipes drop the short last batch (it would be one odd optimizer step).
-        if self.drop_last:
-            return self.num_train // self.batch_size
-        return math.ceil(self.num_train / self.batch_size)
+        return count_batches(self.num_train, self.batch_size, self.drop_last)
 
     def train_batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        generator = epoch_generator(seed, epoch)
         order = torch.randperm(self.num_train, generator=generator).tolist()
         batches = [order[i * self.batch_size : (i + 1) * self.batch_size]
                    for i in range(start, self.batches_per_epoch)]
