@@ -7,7 +7,10 @@ metrics.jsonl, TensorBoard and the progress bar). Evaluation and a checkpoint ha
 the end, in both. Building the model and data is outside the timings. The two alternate,
 REPEATS times each, after one warm-up run each; the medians are compared.
 
-    python benchmarks/overhead.py [--steps 200] [--repeats 5]
+    python benchmarks/overhead.py [--steps 200] [--repeats 5] [--threads N]
+
+With as many threads as cores, any other process on the machine stalls torch's OpenMP
+threads and the timings swing by 2x; compare only runs made on a quiet machine.
 
 The last line is the ratio optbench / plain of the time per step.
 """
@@ -72,7 +75,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         plain_loop(20, 0, out), optbench_loop(20, 0, out)  # warm-up: allocator, kernels, imports

@@ -98,7 +98,6 @@ class GANTrainer(Trainer):
 
     def train_step(self, micro_batches: list[Batch], measure: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One discriminator update, then one generator update; returns (generator loss, its grad norm)."""
-        self.model.train()
         # Micro-batches together make one GAN step (no copy for the usual single one).
         real = micro_batches[0][0] if len(micro_batches) == 1 else torch.cat([x for x, _ in micro_batches])
         ones, zeros = self._labels(len(real))

@@ -129,6 +129,7 @@ class Trainer:
         self._start = time.perf_counter() - self.train_time
         self._reset_interval()
         status, checkpoint_at_end = "completed", True
+        self.model.train()
         try:
             with StopRequests() as self.stop_requests, ProgressBar(
                 self.total_steps, self.step, self.tc.progress
@@ -183,7 +184,6 @@ class Trainer:
         The loss is None for an update skipped under `trainer.nonfinite=skip`. The grad norm is
         computed only when clipping or the non-finite check needs it or `measure` asks for it.
         """
-        self.model.train()
         total = sum(len(y) for _, y in micro_batches)
         loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
@@ -349,6 +349,9 @@ class Trainer:
         metrics = self._evaluate(self.forward_model)
         if self.ema is not None:
             metrics.update({f"ema_{k}": v for k, v in self._evaluate(self.ema.module).items()})
+        # Back to training mode here, once, rather than at every step: `train()` walks every
+        # module, about 1 ms per step for ResNet-20 on a CPU.
+        self.model.train()
         self.runlog.write("val", self.step, self._epoch_float(), self._elapsed(), metrics)
         if isinstance(self.scheduler, ScheduledLR):
             self.scheduler.observe(metrics)  # plateau steps here, at evaluation
