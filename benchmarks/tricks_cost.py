@@ -8,7 +8,10 @@ and checkpoint only at the end. Three configurations alternate REPEATS times aft
 The trainer's own training clock (evaluation excluded) over the median run gives the time per
 step. Last lines: the ratios diagnostics/baseline and ema/baseline.
 
-    python benchmarks/tricks_cost.py [--steps 300] [--repeats 5]
+    python benchmarks/tricks_cost.py [--steps 300] [--repeats 5] [--threads N]
+
+Other processes on the machine swing the timings far more than these costs: compare only
+runs made on a quiet machine; one thread is the least sensitive.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in VARIANTS.items():  # warm-up

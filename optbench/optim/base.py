@@ -9,7 +9,7 @@ maths, a fraction of the memory traffic. Where no compiler works the plain path 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -97,15 +97,6 @@ def _as_tensor(value: Any, device: torch.device) -> Any:
     return value
 
 
-def params_with_grad(group: dict[str, Any]) -> list[Tensor]:
-    """The group's parameters that have a gradient this step (dense ones only)."""
-    params = [p for p in group["params"] if p.grad is not None]
-    for p in params:
-        if p.grad.is_sparse:
-            raise RuntimeError("optbench's optimizers do not support sparse gradients")
-    return params
-
-
 def evaluate_closure(closure: Callable[[], Any] | None) -> Any:
     """The loss that an optimizer's `step(closure)` returns: the closure re-run with grad enabled."""
     if closure is None:
@@ -121,4 +112,14 @@ class FusableOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("fused", None)
+
+    def groups_to_step(self) -> Iterator[tuple[dict[str, Any], list[Tensor]]]:
+        """Each parameter group with its parameters that have a gradient this step; groups
+        without any are left out."""
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("optbench's optimizers do not support sparse gradients")
+            if params:
+                yield group, params
 

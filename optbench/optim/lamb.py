@@ -19,7 +19,6 @@ from optbench.optim.base import (
     StepKernel,
     check_hyperparameters,
     evaluate_closure,
-    params_with_grad,
     trust_ratio,
 )
 from optbench.schema import Fraction, NonNegativeFloat
@@ -59,10 +58,7 @@ class Lamb(FusableOptimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = evaluate_closure(closure)
-        for group in self.param_groups:
-            params = params_with_grad(group)
-            if not params:
-                continue
+        for group, params in self.groups_to_step():
             beta1, beta2 = group["betas"]
             states = [self.state[p] for p in params]
             for p, state in zip(params, states):

@@ -17,7 +17,6 @@ from optbench.optim.base import (
     StepKernel,
     check_hyperparameters,
     evaluate_closure,
-    params_with_grad,
     trust_ratio,
 )
 from optbench.schema import Fraction, NonNegativeFloat, PositiveFloat
@@ -57,10 +56,7 @@ class Lars(FusableOptimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = evaluate_closure(closure)
-        for group in self.param_groups:
-            params = params_with_grad(group)
-            if not params:
-                continue
+        for group, params in self.groups_to_step():
             for p in params:
                 # A zero buffer makes the first step v = λ(g + βw), as torch's SGD starts it.
                 if len(self.state[p]) == 0:

@@ -17,7 +17,6 @@ from optbench.optim.base import (
     StepKernel,
     check_hyperparameters,
     evaluate_closure,
-    params_with_grad,
 )
 from optbench.schema import Fraction, NonNegativeFloat
 
@@ -50,10 +49,7 @@ class Lion(FusableOptimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = evaluate_closure(closure)
-        for group in self.param_groups:
-            params = params_with_grad(group)
-            if not params:
-                continue
+        for group, params in self.groups_to_step():
             for p in params:
                 if len(self.state[p]) == 0:
                     self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)

@@ -23,7 +23,6 @@ from optbench.optim.base import (
     StepKernel,
     check_hyperparameters,
     evaluate_closure,
-    params_with_grad,
 )
 from optbench.schema import Fraction, NonNegativeFloat, PositiveInt
 
@@ -97,10 +96,7 @@ class SophiaG(FusableOptimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = evaluate_closure(closure)
-        for group in self.param_groups:
-            params = params_with_grad(group)
-            if not params:
-                continue
+        for group, params in self.groups_to_step():
             states = [self._state(p) for p in params]
             _kernel(group["fused"], params, [p.grad for p in params],
                     [s["exp_avg"] for s in states], [s["hessian"] for s in states],
