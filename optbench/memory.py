@@ -7,13 +7,15 @@ So on the CPU the first optimizer steps of the process are watched op by op (a T
 the bytes of every live tensor storage (parameters and buffers, gradients, optimizer state,
 activations and temporaries; the in-memory data set is not counted), peak taken after each op.
 Every step repeats the same allocations, so a few steps show the run's peak; watching costs
-Python work per op, which is why only those steps are watched.
+Python work per op, which is why only those steps are watched. `optimizer.step()` itself runs
+unwatched (torch.compile, which optbench's optimizers use, does not trace under such a mode): the
+state it creates is counted after it, the temporaries it frees before returning are not.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -26,7 +28,8 @@ from torch.utils._pytree import tree_flatten
 WATCHED_STEPS = 2
 
 CPU_MEASURE = (f"peak bytes of live tensors (parameters, gradients, optimizer state, activations; not the "
-               f"data set) over the first {WATCHED_STEPS} optimizer steps, tracked op by op")
+               f"data set, nor the optimizer step's temporaries) over the first {WATCHED_STEPS} optimizer steps, "
+               f"tracked op by op")
 CUDA_MEASURE = "torch.cuda.max_memory_allocated over the run"
 
 
@@ -72,15 +75,23 @@ class LiveTensorBytes(TorchDispatchMode):
 class PeakMemory:
     """The peak memory of a run's training steps on its device; `watch` goes around each step."""
 
-    def __init__(self, device: torch.device, kept_tensors: Callable[[], list[torch.Tensor]], watch: bool = True):
-        """`kept_tensors`: the tensors that live from step to step (weights, optimizer state)."""
+    def __init__(self, device: torch.device, modules: list[torch.nn.Module],
+                 optimizers: list[torch.optim.Optimizer], watch: bool = True):
+        """`modules` and `optimizers`: what holds the tensors that live from step to step."""
         self.device = device
-        self.kept_tensors = kept_tensors
+        self.modules = modules
+        self.optimizers = optimizers
         self.to_watch = WATCHED_STEPS if watch else 0
         self.watched = 0
         self.peak = 0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+
+    def kept_tensors(self) -> list[torch.Tensor]:
+        """Weights, buffers and optimizer state."""
+        return [*(t for m in self.modules for t in (*m.parameters(), *m.buffers())),
+                *(t for opt in self.optimizers for state in opt.state.values() for t in state.values()
+                  if isinstance(t, torch.Tensor))]
 
     def watch(self) -> Any:
         """Context for one optimizer step: on the CPU, counted for the first WATCHED_STEPS."""
@@ -91,8 +102,33 @@ class PeakMemory:
     @contextmanager
     def _watch_step(self) -> Iterator[None]:
         mode = LiveTensorBytes(self.kept_tensors())
-        with mode:
+        active = [False]
+
+        def enter(*_: Any) -> None:
+            mode.__enter__()
+            active[0] = True
+
+        def leave(*_: Any) -> None:
+            if active[0]:
+                mode.__exit__(None, None, None)
+                active[0] = False
+
+        def after_optimizer_step(*_: Any) -> None:
+            enter()
+            for tensor in self.kept_tensors():  # the state the step created
+                mode._count(tensor)
+
+        # optimizer.step() runs unwatched: torch.compile (optbench's fused optimizer kernels)
+        # cannot trace under a dispatch mode. Its new state is counted after it, its temporaries not.
+        handles = [h for opt in self.optimizers
+                   for h in (opt.register_step_pre_hook(leave), opt.register_step_post_hook(after_optimizer_step))]
+        enter()
+        try:
             yield
+        finally:
+            leave()
+            for handle in handles:
+                handle.remove()
         self.watched += 1
         self.peak = max(self.peak, mode.peak)
 

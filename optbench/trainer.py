@@ -94,7 +94,8 @@ class Trainer:
         self.agc_params = [p for n, p in self.model.named_parameters() if not n.startswith("head.")]
         self.diagnostics = Diagnostics(self.model, self.optimizer, self.tc.diagnostics_every)
         # A compiled model is not watched op by op (the watch would break its graphs).
-        self.memory = PeakMemory(self.device, self.kept_tensors, watch=not self.tc.compile)
+        self.memory = PeakMemory(self.device, [self.model] + ([self.ema] if self.ema is not None else []),
+                                 self.optimizers(), watch=not self.tc.compile)
 
         # Progress counters: everything a resume needs to continue at the same batch.
         self.step = 0  # optimizer steps done
@@ -117,13 +118,6 @@ class Trainer:
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Every optimizer of the run (a GAN has two)."""
         return [self.optimizer]
-
-    def kept_tensors(self) -> list[torch.Tensor]:
-        """Tensors that live across steps: weights, buffers, EMA weights, optimizer state."""
-        modules = [self.model] + ([self.ema] if self.ema is not None else [])
-        return [*(t for m in modules for t in (*m.parameters(), *m.buffers())),
-                *(t for opt in self.optimizers() for state in opt.state.values() for t in state.values()
-                  if isinstance(t, torch.Tensor))]
 
     def _count_optimizer_step(self) -> None:
         self.optimizer_steps_taken += 1
