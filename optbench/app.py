@@ -44,7 +44,11 @@ def run(args: list[str]) -> int:
     register_recipes()
     try:
         overrides = split_overrides(args)
-        args = [*(o for o in smoke.expand(overrides) if o not in overrides), *args]
+        extra = [o for o in smoke.expand(overrides) if o not in overrides]
+        # Before the user's first override (theirs win), after flags such as -m: Hydra's parser
+        # takes the overrides as one run of arguments.
+        first = next((i for i, a in enumerate(args) if a in overrides), len(args))
+        args = [*args[:first], *extra, *args[first:]]
     except ConfigError as e:
         print(e.render(), file=sys.stderr)
         return 2
@@ -81,7 +85,7 @@ def check(args: list[str]) -> int:
         print(e.render(), file=sys.stderr)
         return 2
     chosen = cfg.hydra.runtime.choices
-    order = ("recipe", "model", "data", "optimizer", "params", "scheduler", "trainer")
+    order = ("recipe", "model", "data", "optimizer", "params", "scheduler", "trainer", "batching")
     choices = " ".join(f"{k}={chosen[k]}" for k in order if chosen.get(k) is not None)
     print(f"optbench check: the configuration is valid ({choices}).")
     return 0

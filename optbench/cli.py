@@ -46,6 +46,7 @@ LIST_TOPICS = {
     "schedulers": "scheduler",
     "params": "params",
     "trainers": "trainer",
+    "batching": "batching",
     "recipes": "recipe",
 }
 

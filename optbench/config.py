@@ -59,6 +59,16 @@ def job_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def with_sweeper_params(overrides: list[str]) -> list[str]:
+    """The overrides of a multirun with the config's `hydra.sweeper.params` in front (a recipe's
+    arms), as Hydra's basic sweeper combines them: a key on the command line replaces the config's."""
+    from optbench.smoke import key
+
+    params = compose(next(sweep_variants(overrides))).hydra.sweeper.get("params") or {}
+    own = {key(o) for o in overrides}
+    return [*(f"{k}={v}" for k, v in params.items() if key(str(k)) not in own), *overrides]
+
+
 def sweep_variants(overrides: list[str]) -> Iterator[list[str]]:
     """Override lists that cover every value of every swept key (not every combination).
 
@@ -138,7 +148,7 @@ def validate_overrides(overrides: list[str], multirun: bool) -> DictConfig:
     """Compose and validate every configuration that the command would run; return the first."""
     from optbench.validate import validate_config
 
-    variants = sweep_variants(overrides) if multirun else iter([overrides])
+    variants = sweep_variants(with_sweeper_params(overrides)) if multirun else iter([overrides])
     problems: list[str] = []
     warnings: list[str] = []
     first: DictConfig | None = None

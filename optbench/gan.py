@@ -125,6 +125,9 @@ class GANTrainer(Trainer):
         self._d_loss_count += 1
         return g_loss.detach(), grad_norm
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer, self.d_optimizer]
+
     def _labels(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets 1 (real) and 0 (fake) for a batch of n, made once per batch size."""
         if self._label_cache[0].shape[0] != n:

@@ -1,9 +1,10 @@
 """`optbench report PATH...`: finished runs side by side.
 
 Writes, into one folder: `report.csv` (one row a run), `curves.png` (train loss, validation
-metric, LR and gradient norm per group, mean and min-max band over seeds), `lr_sensitivity.png`
-(where `optimizer.lr` varies), and `report.html`, which holds the same tables and the PNGs inline
-so that it can be sent as one file.
+metric, LR and gradient norm per group, mean and min-max band over seeds, and the weight norm
+where runs wrote diagnostics), `lr_sensitivity.png` (where `optimizer.lr` varies),
+`performance_profiles.png` (where runs of several workloads are present), and `report.html`,
+which holds the same tables and the PNGs inline so that it can be sent as one file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from optbench.errors import ConfigError
+from optbench.profiles import TAU_MAX, Profiles, performance_profiles
 from optbench.runs import LR_KEY, SEED_KEY, Run, Target, find_runs, group_runs, label, varied_keys
 
 # An LR counts as "as good as the best" when its metric is within this fraction of the best one.
@@ -28,6 +30,9 @@ ROBUST_TOLERANCE = 0.05
 SIGNIFICANCE = 0.05
 
 Table = tuple[list[str], list[list[Any]]]
+
+# Override keys that choose the workload rather than the optimizer (their first dotted part).
+WORKLOAD_KEYS = {"model", "data", "recipe", "smoke"}
 
 
 def parse_args(args: list[str]) -> argparse.Namespace:
@@ -62,7 +67,7 @@ def write_report(runs: list[Run], out: Path, target_value: float | None = None) 
     """Every output of the report for `runs` into `out`; the paths written."""
     from rich.console import Console
 
-    from optbench.report_plots import draw_curves, draw_sensitivity
+    from optbench.report_plots import draw_curves, draw_profiles, draw_sensitivity
 
     keys = varied_keys(runs)
     target = Target.of(runs)
@@ -76,12 +81,19 @@ def write_report(runs: list[Run], out: Path, target_value: float | None = None) 
     comparisons = paired_comparisons(compared, [k for k in keys if not sensitivity or k != LR_KEY], target)
     if comparisons[1]:
         tables["Paired comparisons over seeds"] = comparisons
+    # Optimizers are compared across workloads: keys that choose the workload do not split them.
+    solver_keys = [k for k in keys if k.split(".")[0] not in WORKLOAD_KEYS]
+    profiles = performance_profiles(group_runs(runs, solver_keys))
+    if profiles is not None:
+        tables["Performance profiles (time to target)"] = profile_table(profiles)
 
     csv_path = out / "report.csv"
     write_csv(tables["Runs"], csv_path)
     figures = {"curves.png": draw_curves(group_runs(runs, keys), target)}
     if sensitivity:
         figures["lr_sensitivity.png"] = draw_sensitivity(sensitivity, target)
+    if profiles is not None:
+        figures["performance_profiles.png"] = draw_profiles(profiles)
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=120)
 
@@ -96,7 +108,7 @@ def write_report(runs: list[Run], out: Path, target_value: float | None = None) 
 def run_table(runs: list[Run], keys: list[str], target: Target, target_value: float | None) -> Table:
     """One row a run: status, the varied overrides, the target metric, speed and memory."""
     header = ["run", "status", *keys, "steps", f"final {target.name}", f"best {target.name}",
-              "final train/loss", "samples/s", "optimizer state (MiB)"]
+              "final train/loss", "wall time (s)", "samples/s", "optimizer state (MiB)", "peak memory (MiB)"]
     if target_value is not None:
         header += ["steps to target", "time to target (s)"]
     rows = []
@@ -104,7 +116,8 @@ def run_table(runs: list[Run], keys: list[str], target: Target, target_value: fl
         s = run.summary
         row = [run.path.name, run.status, *(run.overrides.get(k, "") for k in keys), s.get("steps", ""),
                _fmt(target.final(run)), _fmt(target.best(run)), _fmt(s.get("final", {}).get("train/loss")),
-               _fmt(s.get("samples_per_s"), 1), _fmt(_mib(s.get("optimizer_state_bytes")), 3)]
+               _fmt(s.get("wall_time_s"), 2), _fmt(s.get("samples_per_s"), 1),
+               _fmt(_mib(s.get("optimizer_state_bytes")), 3), _fmt(_mib((s.get("peak_memory") or {}).get("bytes")), 3)]
         if target_value is not None:
             row += list(time_to_target(run, target, target_value))
         rows.append(row)
@@ -222,6 +235,18 @@ def paired_comparisons(runs: list[Run], keys: list[str], target: Target) -> Tabl
             else:
                 verdict = f"{a if target.better(mean, 0.0) else b} better"
             rows.append([a, b, len(seeds), _fmt(mean), _fmt(p, 3), verdict])
+    return header, rows
+
+
+def profile_table(profiles: Profiles) -> Table:
+    """Per optimizer: time to target and performance ratio on each workload, rho(1) and the score."""
+    header = ["optimizer", *(f"{w}: s to target (ratio)" for w in profiles.workloads), "rho(1): wins",
+              f"score (area to tau={TAU_MAX:g})"]
+    rows = []
+    for optimizer, times in profiles.times.items():
+        cells = [f"{t:.3g} ({r:.2f})" if math.isfinite(t) else "not reached"
+                 for t, r in zip(times, profiles.ratios[optimizer])]
+        rows.append([optimizer, *cells, round(profiles.rho(optimizer, 1.0), 3), round(profiles.score(optimizer), 3)])
     return header, rows
 
 

@@ -1,4 +1,4 @@
-"""The report's figures: curves per group with a band over seeds, and LR sensitivity."""
+"""The report's figures: curves per group with a band over seeds, LR sensitivity, performance profiles."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import math
 import statistics
 from typing import TYPE_CHECKING
 
+from collections.abc import Callable
+
+from optbench.profiles import TAU_MAX, Profiles
 from optbench.runs import Run, Target
 
 if TYPE_CHECKING:
@@ -13,11 +16,13 @@ if TYPE_CHECKING:
 
     from optbench.report import Sensitivity
 
+Series = Callable[[Run], dict[int, float]]  # a run's curve: step -> value
 
-def seed_band(runs: list[Run], split: str, name: str) -> tuple[list[int], list[float], list[float], list[float]]:
+
+def seed_band(runs: list[Run], curve: Series) -> tuple[list[int], list[float], list[float], list[float]]:
     """(steps, mean, min, max) over the runs at the steps that every run logged; the band is
     the spread over seeds (a single run has a band of zero width)."""
-    series = [run.series(split, name) for run in runs]
+    series = [curve(run) for run in runs]
     series = [s for s in series if s]
     if not series:
         return [], [], [], []
@@ -27,15 +32,27 @@ def seed_band(runs: list[Run], split: str, name: str) -> tuple[list[int], list[f
 
 
 def draw_curves(groups: dict[str, list[Run]], target: Target) -> Figure:
-    """Train loss, validation metric, LR and gradient norm against step, one color a group."""
+    """Train loss, validation metric, LR and gradient norm against step, one color a group, and
+    the total weight norm where the runs wrote diagnostics."""
     from matplotlib.figure import Figure
 
-    panels = [("train", "loss", "train loss", True), ("val", target.name.removeprefix("val/"), target.name, False),
-              ("train", "lr", "learning rate", False), ("train", "grad_norm", "gradient norm", True)]
-    figure = Figure(figsize=(13, 9), layout="constrained")
-    for axis, (split, name, title, log_scale) in zip(figure.subplots(2, 2).flat, panels):
+    metric = target.name.removeprefix("val/")
+    panels: list[tuple[str, Series, bool]] = [
+        ("train loss", lambda r: r.series("train", "loss"), True),
+        (target.name, lambda r: r.series("val", metric), not target.maximize),  # a loss: log scale
+        ("learning rate", lambda r: r.series("train", "lr"), False),
+        ("gradient norm", lambda r: r.series("train", "grad_norm"), True),
+    ]
+    if any(run.diagnostics for runs in groups.values() for run in runs):
+        panels.append(("weight norm (all weights, diagnostics.jsonl)", Run.weight_norm, False))
+    rows = math.ceil(len(panels) / 2)
+    figure = Figure(figsize=(13, 4.5 * rows), layout="constrained")
+    axes = list(figure.subplots(rows, 2).flat)
+    for axis in axes[len(panels):]:
+        axis.set_visible(False)
+    for axis, (title, curve, log_scale) in zip(axes, panels):
         for i, (group, runs) in enumerate(groups.items()):
-            steps, mean, low, high = seed_band(runs, split, name)
+            steps, mean, low, high = seed_band(runs, curve)
             if not steps:
                 continue
             color = f"C{i % 10}"
@@ -74,4 +91,28 @@ def draw_sensitivity(curves: list[Sensitivity], target: Target) -> Figure:
     axis.set_title("LR sensitivity (shaded: within 5% of the best; x: diverged)")
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize="small")
+    return figure
+
+
+def draw_profiles(profiles: Profiles) -> Figure:
+    """rho(tau) per optimizer: a step up at each workload's performance ratio."""
+    from matplotlib.figure import Figure
+
+    finite = [r for ratios in profiles.ratios.values() for r in ratios if math.isfinite(r)]
+    right = max(TAU_MAX, *finite) * 1.05
+    figure = Figure(figsize=(9, 6), layout="constrained")
+    axis = figure.subplots()
+    for i, (optimizer, ratios) in enumerate(profiles.ratios.items()):
+        taus = [1.0, *sorted(r for r in ratios if math.isfinite(r)), right]
+        axis.step(taus, [profiles.rho(optimizer, t) for t in taus], where="post", color=f"C{i % 10}",
+                  linewidth=2, label=f"{optimizer} (score {profiles.score(optimizer):.2f})")
+    axis.axvline(TAU_MAX, color="grey", linestyle=":", linewidth=1)
+    axis.set_xscale("log")
+    axis.set_xlim(1, right)
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_xlabel("tau: time to target over the fastest optimizer's")
+    axis.set_ylabel("share of workloads within tau")
+    axis.set_title(f"Performance profiles over {len(profiles.workloads)} workloads (score: area to tau={TAU_MAX:g})")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize="small", loc="lower right")
     return figure

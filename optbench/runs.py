@@ -25,6 +25,7 @@ class Run:
     overrides: dict[str, str]
     summary: dict[str, Any]
     metrics: list[dict[str, Any]] = field(repr=False)
+    diagnostics: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
     def status(self) -> str:
@@ -44,6 +45,11 @@ class Run:
         return {line["step"]: _number(line.get(name)) for line in self.metrics
                 if line.get("split") == split and name in line}
 
+    def weight_norm(self) -> dict[int, float]:
+        """step -> the 2-norm of all weights together, from the per-parameter norms of diagnostics.jsonl."""
+        return {line["step"]: math.sqrt(sum(_number(v) ** 2 for v in line["weight_norm"].values()))
+                for line in self.diagnostics if line.get("weight_norm")}
+
 
 def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
@@ -60,11 +66,14 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
 
 
 def load_run(run_dir: Path) -> Run:
-    summary_path, metrics_path = run_dir / "summary.json", run_dir / "metrics.jsonl"
+    summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    metrics = ([json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-               if metrics_path.exists() else [])
-    return Run(run_dir, read_overrides(run_dir), summary, metrics)
+    return Run(run_dir, read_overrides(run_dir), summary, _json_lines(run_dir / "metrics.jsonl"),
+               _json_lines(run_dir / "diagnostics.jsonl"))
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def find_runs(paths: list[Path]) -> list[Run]:

@@ -21,9 +21,10 @@ def expand(overrides: list[str]) -> list[str]:
     """`overrides` with the configured recipe's smoke overrides added when `smoke=true` is among them."""
     if SMOKE not in overrides:
         return overrides
-    from optbench.config import compose
+    from optbench.config import compose, sweep_variants
 
-    extra = [str(o) for o in compose(overrides).get("smoke_overrides") or []]
+    # One configuration of a sweep (`-m ... trainer.seed=0,1`) names the recipe, and so its smoke overrides.
+    extra = [str(o) for o in compose(next(sweep_variants(overrides))).get("smoke_overrides") or []]
     if not extra:
         raise ConfigError("smoke=true: this configuration lists no smoke_overrides; recipes do (recipe=NAME).")
     own = {key(o) for o in overrides}

@@ -86,6 +86,21 @@ class Classification(Task):
         }
 
 
+class LeastSquares(Task):
+    """Regression with the loss 1/2 (f(x) - y)^2 (a model with one output): a quadratic in the
+    weights of a linear model, whose Hessian is the inputs' covariance."""
+
+    metrics = {"loss": "min"}
+
+    def training_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        return 0.5 * F.mse_loss(model(x).squeeze(-1), y)
+
+    def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"loss": 0.5 * (model(x).float().squeeze(-1) - y).square().sum()}
+
+
 class TokenPrediction(Task):
     """A class per position (next character, masked token): labels (B, T), `IGNORE` where none.
 

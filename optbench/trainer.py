@@ -24,6 +24,7 @@ from optbench.clipping import adaptive_clip_
 from optbench.data import Batch
 from optbench.diagnostics import Diagnostics
 from optbench.errors import ConfigError
+from optbench.memory import PeakMemory
 from optbench.preemption import Interrupted, StopRequests
 from optbench.progress import ProgressBar, print_summary
 from optbench.runlog import RunLog, per_group, write_summary
@@ -92,6 +93,9 @@ class Trainer:
         # AGC leaves the final classifier alone, as Brock et al. do.
         self.agc_params = [p for n, p in self.model.named_parameters() if not n.startswith("head.")]
         self.diagnostics = Diagnostics(self.model, self.optimizer, self.tc.diagnostics_every)
+        # A compiled model is not watched op by op (the watch would break its graphs).
+        self.memory = PeakMemory(self.device, [self.model] + ([self.ema] if self.ema is not None else []),
+                                 self.optimizers(), watch=not self.tc.compile)
 
         # Progress counters: everything a resume needs to continue at the same batch.
         self.step = 0  # optimizer steps done
@@ -110,6 +114,10 @@ class Trainer:
         """The optimizer and its scheduler (a hook: a GAN builds a pair per network)."""
         optimizer = build_optimizer(self.cfg.optimizer, self.model, self.cfg.params)
         return optimizer, build_scheduler(self.cfg.scheduler, optimizer, self.total_steps, self.steps_per_epoch)
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer of the run (a GAN has two)."""
+        return [self.optimizer]
 
     def _count_optimizer_step(self) -> None:
         self.optimizer_steps_taken += 1
@@ -166,7 +174,8 @@ class Trainer:
             # A last, incomplete group at the end of the epoch still steps.
             if len(group) == self.tc.accumulation_steps or position == last_batch:
                 measure = (self.step + 1) % self.tc.log_every == 0 or self.step + 1 == self.total_steps
-                loss, grad_norm = self.train_step(group, measure)
+                with self.memory.watch():
+                    loss, grad_norm = self.train_step(group, measure)
                 # Counters move only once the step is done: a checkpoint never skips a batch.
                 self.step += 1
                 self.batch_in_epoch = position
@@ -479,6 +488,9 @@ class Trainer:
             "device": str(self.device),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
+        peak_memory = self.memory.result()
+        if peak_memory is not None:
+            summary["peak_memory"] = peak_memory
         if self.task.target is not None:
             summary["target"] = {"goal": str(self.task.target), "reached": bool(self.target_reached),
                                  **self.target_reached}

@@ -52,6 +52,22 @@ EXPECTED = {
     "gan_ring": {"model._target_": "optbench.models.RingGAN", "gan.g.betas": [0.5, 0.999],
                  "gan.d.betas": [0.5, 0.999]},
     "digits_resnet20": {"model.depth": 20, "optimizer.nesterov": True, "optimizer.lr": 0.1},
+    # The chapter's experiments: each arm of a sweep (hydra.sweeper.params) differs only in the swept keys.
+    "sgd_variants": {"model.hidden": [], "data._target_": "optbench.datasets.regression.least_squares",
+                     "data.condition": 100.0, "optimizer._target_": "torch.optim.SGD", "optimizer.lr": 0.1,
+                     "scheduler._target_": "optbench.schedules.Constant",
+                     "hydra.sweeper.params": {"optimizer": "sgd,momentum,nesterov", "trainer.seed": "0,1,2"}},
+    "adam_vs_adamw": {"optimizer._target_": "torch.optim.Adam", "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.1,
+                      "trainer.diagnostics_every": 10,
+                      "hydra.sweeper.params": {"optimizer": "adam,adamw", "trainer.seed": "0,1,2"}},
+    "optimizer_comparison": {"data._target_": "optbench.data.digits", "trainer.epochs": 20,
+                             "hydra.sweeper.params.optimizer": "momentum,adam,adamw,lamb,adafactor,lion,adam8bit,sophia"},
+    "scheduler_ablation": {"model.depth": 18, "data.name": "cifar10", "optimizer._target_": "torch.optim.SGD",
+                           "optimizer.momentum": 0.9, "optimizer.lr": 0.1,
+                           "hydra.sweeper.params": {"scheduler": "none,step,cosine,onecycle,warmup_cosine"}},
+    "large_batch": {"model.depth": 18, "data.name": "cifar10", "data.batch_size": 64, "trainer.accumulation_steps": 16,
+                    "scheduler.warmup": "5ep",
+                    "hydra.sweeper.params": {"batching": "accumulate_64x16,direct_1024", "optimizer": "momentum,lars"}},
 }
 
 

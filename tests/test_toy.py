@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,27 @@ def test_toy_cli_writes_plot_and_table(tmp_path: Path, capsys: pytest.CaptureFix
     assert (tmp_path / "toy.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["toy", "optimizer=nosuch", "--out", str(tmp_path)]) == 2
     assert "optimizer=nosuch" in capsys.readouterr().err
+
+
+def test_toy_table_puts_momentum_and_nesterov_ahead_of_sgd_on_the_ravine(tmp_path: Path) -> None:
+    """Exercise 1's table as the command writes it: steps to loss < 0.01 on the quadratic ravine."""
+    assert main(["toy", "optimizer=sgd,momentum,nesterov", "--function", "ravine", "--steps", "300",
+                 "--out", str(tmp_path)]) == 0
+    steps = {r["optimizer"]: r["steps to loss < 0.01"] for r in csv.DictReader((tmp_path / "toy.csv").open())}
+    sgd = int(steps["optimizer=sgd"])  # reached, only later
+    assert int(steps["optimizer=momentum"]) < sgd and int(steps["optimizer=nesterov"]) < sgd, steps
+
+
+def test_adam_follows_the_same_path_when_the_ravine_is_rescaled_per_axis() -> None:
+    """Scaling the ravine's axes' curvatures by (c1, c2) multiplies its gradient by diag(c1, c2) at
+    every point: Adam's trajectory (toy's own optimizer config) stays the same, SGD's does not."""
+    ravine = PROBLEMS["ravine"]
+    c1, c2 = 0.05, 20.0
+    rescaled = dataclasses.replace(ravine, f=lambda x, y: c1 * 0.5 * x**2 + c2 * 10 * y**2)
+
+    def path(problem, optimizer: str, lr: float) -> torch.Tensor:
+        ((_, node),) = optimizer_configs(problem, [f"optimizer={optimizer}", f"optimizer.lr={lr}"])
+        return torch.tensor(trajectory(problem, node, 100))
+
+    torch.testing.assert_close(path(rescaled, "adam", 0.04), path(ravine, "adam", 0.04), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(path(rescaled, "sgd", 0.002), path(ravine, "sgd", 0.002), atol=1e-2)
