@@ -96,8 +96,9 @@ def test_counting_language_labels_the_most_frequent_marker():
     assert (top2[:, 0] > top2[:, 1]).all()  # never a tie: a perfect classifier exists
 
 
-def test_gan_ring_covers_the_modes_within_a_minute(workdir):
-    """The default budget of recipe=gan_ring: Adam (0.5, 0.999), 4,096 steps, on the CPU."""
+def test_gan_ring_covers_the_modes(workdir):
+    """The default budget of recipe=gan_ring: Adam (0.5, 0.999), 4,096 steps, on the CPU (its time is
+    a benchmark's business, not a test's)."""
     result = run_cli("run", "recipe=gan_ring", "trainer.progress=false", "trainer.tensorboard=false", cwd=workdir,
                      env={"OMP_NUM_THREADS": "1"})  # see one_thread
     assert result.returncode == 0, result.stderr
@@ -105,7 +106,6 @@ def test_gan_ring_covers_the_modes_within_a_minute(workdir):
     assert summary["final"]["val/modes"] >= 7
     assert summary["target"]["goal"] == "val/modes >= 7" and summary["target"]["reached"]
     assert summary["target"]["step"] <= summary["steps"]
-    assert summary["wall_time_s"] < 60
 
 
 def test_gan_checkpoint_holds_both_optimizers_and_resumes_exactly(tmp_path):
