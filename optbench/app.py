@@ -35,8 +35,11 @@ def split_overrides(args: list[str]) -> list[str]:
     return overrides
 
 
-def run(args: list[str]) -> int:
-    """Run (or sweep) the configuration that `args` select; the process's exit status."""
+def run(args: list[str], rerun_hint: bool = True) -> int:
+    """Run (or sweep) the configuration that `args` select; the process's exit status.
+
+    `rerun_hint`: end a sweep by saying how to continue it (a caller with its own command says it).
+    """
     import hydra
 
     from optbench import sweep
@@ -84,7 +87,7 @@ def run(args: list[str]) -> int:
         stopped = 0
     except SystemExit as e:  # a job stopped by a signal, or Hydra's own error exit
         stopped = e.code if isinstance(e.code, int) else 1
-    return max(sweep.finish(sweep_dir), stopped)
+    return max(sweep.finish(sweep_dir, rerun_hint), stopped)
 
 
 def check(args: list[str]) -> int:

@@ -155,8 +155,8 @@ def main(args: list[str]) -> int:
         return 2
     search_jobs = [trial for trials in plan["trials"].values() for trial in trials]
     status = run_sweep(folder, "search", search_jobs, common, launch)
-    if status == 2 or stopped(folder / "search"):
-        return status
+    if status == 2 or stopped(folder / "search") or not recorded(folder / "search"):
+        return status or 1
     winners = best_trials(find_runs([folder / "search"]), plan)
     base_seed = int(next((o.split("=", 1)[1] for o in common if o.startswith(f"{SEED_KEY}=")), 0))
     seeds = [base_seed + 1 + i for i in range(budget["seeds"])]  # new seeds: the search's own is spent
@@ -219,13 +219,20 @@ def run_sweep(folder: Path, stage: str, jobs: list[list[str]], common: list[str]
     jobs_file.write_text(json.dumps(jobs, indent=1) + "\n")
     print(f"optbench compare: {stage}: {len(jobs)} jobs in {folder / stage}", file=sys.stderr)
     return run(["-m", "hydra/sweeper=list", f"hydra.sweeper.jobs_file={jobs_file}",
-                f"{SWEEP_DIR_KEY}={folder / stage}", *launch, *common])
+                f"{SWEEP_DIR_KEY}={folder / stage}", *launch, *common], rerun_hint=False)
 
 
 def stopped(sweep_dir: Path) -> bool:
     from optbench.sweep import read_index
 
     return bool(read_index(sweep_dir).get("stopped"))
+
+
+def recorded(sweep_dir: Path) -> bool:
+    """Whether any job of the stage ran (Hydra may fail before launching one)."""
+    from optbench.sweep import read_index
+
+    return bool(read_index(sweep_dir).get("jobs"))
 
 
 def best_trials(runs: list[Run], plan: dict[str, Any]) -> dict[str, list[str]]:
@@ -286,9 +293,12 @@ def write_results(folder: Path, plan: dict[str, Any], winners: dict[str, list[st
     Console().print(rich_table(f"Equal-budget comparison ({plan['budget']['trials']} trials each, "
                                f"best trial over {plan['budget']['seeds']} seeds)", (header, rows)))
     if seed_runs:
+        (folder / "report").mkdir(exist_ok=True)
         for path in write_report(seed_runs, folder / "report"):
             print(f"wrote {path}")
     print(f"wrote {folder / 'compare.csv'}")
+    print(f"optbench compare: the same command with {SWEEP_DIR_KEY}={folder} re-runs only what has no "
+          f"result yet.", file=sys.stderr)
 
 
 def _round(value: float) -> float:

@@ -80,7 +80,7 @@ def prepare(args: list[str], overrides: list[str], cfg: DictConfig) -> tuple[lis
     return [*others, f"{SWEEP_DIR_KEY}={sweep_dir}"], sweep_dir
 
 
-def finish(sweep_dir: Path) -> int:
+def finish(sweep_dir: Path, rerun_hint: bool = True) -> int:
     """The sweep's exit status from its index (the jobs may have run in other processes)."""
     index = read_index(sweep_dir)
     jobs = index.get("jobs", [])
@@ -88,8 +88,8 @@ def finish(sweep_dir: Path) -> int:
     for job in jobs:
         counts[job["status"]] = counts.get(job["status"], 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no jobs"
-    print(f"optbench: sweep {sweep_dir}: {summary}; index {sweep_dir / INDEX}. The same command with "
-          f"{SWEEP_DIR_KEY}={sweep_dir} re-runs only what has no result yet.", file=sys.stderr)
+    hint = f" The same command with {SWEEP_DIR_KEY}={sweep_dir} re-runs only what has no result yet." if rerun_hint else ""
+    print(f"optbench: sweep {sweep_dir}: {summary}; index {sweep_dir / INDEX}.{hint}", file=sys.stderr)
     if index.get("stopped"):
         return INTERRUPTED
     return max((int(job.get("exit_code", 0)) for job in jobs), default=0)

@@ -35,10 +35,12 @@ class ListSweeper(Sweeper):
     def __init__(self, jobs_file: str) -> None:
         super().__init__()
         self.jobs_file = Path(jobs_file)
+        self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
         self.launcher: Optional[Launcher] = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context = hydra_context  # validate_batch_is_legal composes each job with it
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
