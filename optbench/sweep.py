@@ -54,7 +54,6 @@ def prepare(args: list[str], overrides: list[str], cfg: DictConfig) -> tuple[lis
     """
     sweep_dir = Path(str(cfg.hydra.sweep.dir))  # resolved once: `${now:...}` changes with every read
     wanted = task_overrides(overrides)
-    index_path = sweep_dir / INDEX
     if sweep_dir.is_dir() and any(sweep_dir.iterdir()):
         index = read_index(sweep_dir)
         if not index:
@@ -75,7 +74,6 @@ def prepare(args: list[str], overrides: list[str], cfg: DictConfig) -> tuple[lis
         sweep_dir.mkdir(parents=True, exist_ok=True)
         with locked(sweep_dir):
             write_index(sweep_dir, {"overrides": wanted, "jobs": []})
-    assert index_path.exists()
     others = [a for a in args if not a.startswith(f"{SWEEP_DIR_KEY}=")]
     return [*others, f"{SWEEP_DIR_KEY}={sweep_dir}"], sweep_dir
 
@@ -128,13 +126,12 @@ def run_in_sweep(cfg: DictConfig, run_job: Callable[[DictConfig], int], in_launc
     if started and cfg.trainer.resume is None:
         with open_dict(cfg):
             cfg.trainer.resume = "auto"  # an interrupted or killed job continues from its checkpoint
-    record(sweep_dir, {"job": num, "overrides": overrides, "run_dir": os.path.relpath(run_dir, sweep_dir),
-                       "status": "running", "started": time.time()})
+    job = {"job": num, "overrides": overrides, "run_dir": os.path.relpath(run_dir, sweep_dir)}
+    record(sweep_dir, {**job, "status": "running", "started": time.time()})
     exit_code = run_job(cfg)
     summary = read_json(run_dir / "summary.json")
-    status = summary.get("status", "failed")
-    entry = {"job": num, "overrides": overrides, "run_dir": os.path.relpath(run_dir, sweep_dir),
-             "status": status, "exit_code": exit_code, "final": summary.get("final", {}),
+    status = summary.get("status", "failed")  # none: bad input found at run time (exit status 2)
+    entry = {**job, "status": status, "exit_code": exit_code, "final": summary.get("final", {}),
              "best": summary.get("best", {}), "finished": time.time()}
     if "error" in summary:
         entry["error"] = summary["error"]

@@ -198,3 +198,18 @@ def test_optuna_sweeper_optimizes_the_monitored_metric(tmp_path):
     assert len(lrs) == 2 and all(1e-5 <= lr <= 1e-2 for lr in lrs)  # drawn by Optuna from the config's range
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert best.best_value == pytest.approx(max(j["best"]["val/acc"] for j in jobs))
+
+
+def test_resume_auto_without_a_checkpoint_drops_the_lines_of_the_killed_attempt(tmp_path):
+    """A job killed before its first checkpoint restarts from scratch on the re-run (resume=auto
+    finds nothing): the lines that the killed attempt wrote must not stay in metrics.jsonl."""
+    from optbench.config import job_config
+    from optbench.trainer import Trainer
+
+    stale = {"step": 2, "epoch": 0.1, "time": 0.1, "split": "train", "loss": 99.0}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(stale) + "\n")
+    cfg = job_config([*TINY, "trainer.resume=auto", "trainer.tensorboard=false"])
+    assert Trainer(cfg, tmp_path).fit()["status"] == "completed"
+    lines = read_metrics(tmp_path)
+    assert [m["step"] for m in lines if m["split"] == "train"] == [2, 4, 6]
+    assert all(m.get("loss") != 99.0 for m in lines)
