@@ -126,8 +126,12 @@ def plan_search(optimizers: list[str], common: list[str], budget: dict[str, int]
         if not spaces[name]:
             raise ConfigError(f"optimizer={name}: declares no search space ({SEARCH_KEY}: in its YAML, "
                               f"e.g. lr: {{low: 1.0e-4, high: 1.0e-1, log: true}}), so it cannot get a search budget.")
+    given = {override.split("=", 1)[0].lstrip("+~") for override in common}
+    problems = [f"{key}: searched by compare for optimizer={name} ({SEARCH_KEY}); remove it from the command."
+                for name, dims in spaces.items() for key in (f"optimizer.{d.key}" for d in dims) if key in given]
+    if problems:
+        raise ConfigError(problems)
     points = halton(budget["trials"], max(len(dims) for dims in spaces.values()), budget["seed"])
-    problems: list[str] = []
     for name, dims in spaces.items():
         for corner in (0.0, 1.0 - 1e-12):  # the lowest and highest values a trial can get
             try:

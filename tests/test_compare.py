@@ -53,6 +53,7 @@ def test_trials_are_the_same_halton_points_in_each_space():
     (["optimizer=sgd", "budget.seeds=two"], "budget.seeds=two: must be an integer >= 1"),
     (["optimizer=sgd", "budget.trails=3"], "budget.trails: no such budget setting"),
     (["optimizer=sgd", "trainer.seed=0,1"], "trainer.seed=0,1: compare sweeps only optimizer="),
+    (["optimizer=sgd", "optimizer.lr=0.1"], "optimizer.lr: searched by compare for optimizer=sgd"),
     (["trainer.max_steps=5"], "optimizer: choose the optimizers to compare"),
     (["optimizer=sgd,adamx"], "optimizer=adamx: no such option"),
 ])
