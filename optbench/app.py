@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -11,7 +12,7 @@ from omegaconf import DictConfig
 from optbench import smoke
 from optbench.errors import ConfigError
 
-INTERRUPTED = 1  # exit status of a run stopped by a signal (its summary says `interrupted`)
+from optbench.sweep import INTERRUPTED  # exit status of a run stopped by a signal
 
 # Hydra flags that print something instead of running: no validation before them.
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve",
@@ -34,11 +35,16 @@ def split_overrides(args: list[str]) -> list[str]:
     return overrides
 
 
-def run(args: list[str]) -> int:
-    """Run (or sweep) the configuration that `args` select; the process's exit status."""
+def run(args: list[str], rerun_hint: bool = True) -> int:
+    """Run (or sweep) the configuration that `args` select; the process's exit status.
+
+    `rerun_hint`: end a sweep by saying how to continue it (a caller with its own command says it).
+    """
     import hydra
 
+    from optbench import sweep
     from optbench.config import PRIMARY_CONFIG, register_recipes, validate_overrides
+    from optbench.hparams import log_job_hparams
     from optbench.paths import configs_dir
 
     register_recipes()
@@ -52,25 +58,40 @@ def run(args: list[str]) -> int:
     except ConfigError as e:
         print(e.render(), file=sys.stderr)
         return 2
+    multirun = "-m" in args or "--multirun" in args
+    sweep_dir: Path | None = None
     if not any(a.split("=")[0] in INFO_FLAGS for a in args):
-        multirun = "-m" in args or "--multirun" in args
         try:
-            validate_overrides(split_overrides(args), multirun)
+            first = validate_overrides(split_overrides(args), multirun)
+            if multirun:  # the sweep folder and its index, fixed before Hydra launches a job
+                args, sweep_dir = sweep.prepare(args, split_overrides(args), first)
         except ConfigError as e:
             print(e.render(), file=sys.stderr)
             return 2
 
     exit_codes: list[int] = []
+    launcher_pid = os.getpid()
 
-    def task(cfg: DictConfig) -> None:
+    def task(cfg: DictConfig) -> float | None:
+        if sweep_dir is not None:  # jobs record themselves in sweep.json, in whichever process runs them
+            return sweep.run_in_sweep(cfg, run_job, in_launcher_process=os.getpid() == launcher_pid)
         exit_codes.append(run_job(cfg))
+        log_job_hparams(cfg, constant=set())
         if exit_codes[-1] == INTERRUPTED:
-            raise SystemExit(INTERRUPTED)  # a stop signal ends the whole sweep, not just this job
+            raise SystemExit(INTERRUPTED)
+        return None
 
     main = hydra.main(config_path=str(configs_dir()), config_name=PRIMARY_CONFIG, version_base="1.3")(task)
     sys.argv = ["optbench run", *args]
-    main()
-    return max(exit_codes, default=0)
+    if sweep_dir is None:
+        main()
+        return max(exit_codes, default=0)
+    try:
+        main()
+        stopped = 0
+    except SystemExit as e:  # a job stopped by a signal, or Hydra's own error exit
+        stopped = e.code if isinstance(e.code, int) else 1
+    return max(sweep.finish(sweep_dir, rerun_hint), stopped)
 
 
 def check(args: list[str]) -> int:

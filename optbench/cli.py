@@ -19,6 +19,7 @@ commands:
 Examples:
   optbench run optimizer=adamw scheduler=warmup_cosine
   optbench run -m optimizer=sgd,adamw optimizer.lr=1e-3,3e-3
+  optbench compare optimizer=sgd,adamw,lion,lamb budget.trials=16 budget.seeds=3
   optbench run recipe=digits_resnet20 trainer.max_steps=200
   optbench list optimizers
   optbench list param-groups model=resnet params=layer_decay
@@ -31,7 +32,7 @@ COMMANDS = {
     "lr-find": "LR range test: plot, CSV and a suggested LR",
     "schedules": "plot LR schedules without training",
     "toy": "optimizers on 2-D test functions",
-    "compare": "equal-budget optimizer comparison",
+    "compare": "equal-budget comparison: same quasi-random search for each optimizer, best over seeds",
     "report": "compare finished runs: table, CSV, plots, report.html",
     "check": "validate a configuration without running it",
     "bench": "optimizer step time and state memory, side by side",
@@ -48,6 +49,7 @@ LIST_TOPICS = {
     "trainers": "trainer",
     "batching": "batching",
     "recipes": "recipe",
+    "searches": "hparams_search",
 }
 
 
@@ -125,6 +127,12 @@ def _toy(args: list[str]) -> int:
     return toy(args)
 
 
+def _compare(args: list[str]) -> int:
+    from optbench.compare import main as compare
+
+    return compare(args)
+
+
 def _bench(args: list[str]) -> int:
     from optbench.bench import main as bench
 
@@ -140,6 +148,7 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "report": _report,
     "lr-find": _lr_find,
     "toy": _toy,
+    "compare": _compare,
 }
 
 

@@ -132,8 +132,11 @@ class Trainer:
         log.info("%d optimizer steps of %d samples (%d micro-batches of %d) on %s",
                  self.total_steps, effective_batch, self.tc.accumulation_steps, self.data.batch_size,
                  self.device)
+        # resume=auto without a checkpoint truncates too: lines of a run killed before its first
+        # checkpoint describe nothing that this run continues.
+        continuing = resumed_from is not None or self.tc.resume == "auto"
         self.runlog = RunLog(self.run_dir, self.optimizer.param_groups[0].get("name", "group0"),
-                             self.tc.tensorboard, resume_step=self.step if resumed_from else None)
+                             self.tc.tensorboard, resume_step=self.step if continuing else None)
         self._start = time.perf_counter() - self.train_time
         self._reset_interval()
         status, checkpoint_at_end = "completed", True

@@ -1,0 +1,1 @@
+"""optbench's Hydra sweeper plugin (Hydra finds plugins in the `hydra_plugins` namespace)."""
