@@ -17,8 +17,12 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/optbench run $(ARGS)
 
+# Tests run in JOBS processes (pytest-xdist), one torch thread each: most of the suite is
+# end-to-end runs of the real CLI, and two single-threaded ones use two cores better than one
+# run whose tiny ops leave a second thread waiting.
+JOBS ?= 2
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(JOBS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
