@@ -86,6 +86,7 @@ def sweep_variants(overrides: list[str]) -> Iterator[list[str]]:
 def sweep_choices(overrides: list[str]) -> list[list[str]]:
     """Each override as the list of single-valued overrides it sweeps (`a=1,2` -> `a=1`, `a=2`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -93,8 +94,12 @@ def sweep_choices(overrides: list[str]) -> list[list[str]]:
         raise ConfigError(explain_hydra_error(e, overrides)) from None
     choices: list[list[str]] = []
     for override in parsed:
-        if override.is_sweep_override():
-            key = override.get_key_element()
+        key = override.get_key_element()
+        if override.value_type == ValueType.INTERVAL_SWEEP:
+            # A search interval (Optuna's sweeper): its two ends stand for every value between.
+            interval = override.value()
+            values = [f"{key}={interval.start}", f"{key}={interval.end}"]
+        elif override.is_sweep_override():
             values = [f"{key}={v}" for v in override.sweep_string_iterator()]
         else:
             values = [override.input_line]

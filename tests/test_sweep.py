@@ -213,3 +213,14 @@ def test_resume_auto_without_a_checkpoint_drops_the_lines_of_the_killed_attempt(
     lines = read_metrics(tmp_path)
     assert [m["step"] for m in lines if m["split"] == "train"] == [2, 4, 6]
     assert all(m.get("loss") != 99.0 for m in lines)
+
+
+def test_search_intervals_are_validated_at_both_ends():
+    """Optuna's `interval(a, b)` cannot be enumerated; its two ends are checked before any trial."""
+    from optbench.config import sweep_choices, validate_overrides
+    from optbench.errors import ConfigError
+
+    assert sweep_choices(["optimizer.lr=tag(log, interval(1e-4, 0.1))"]) == [["optimizer.lr=0.0001", "optimizer.lr=0.1"]]
+    validate_overrides(["optimizer.lr=interval(1e-4, 0.1)", "trainer.max_steps=2"], multirun=True)
+    with pytest.raises(ConfigError, match="optimizer.lr"):
+        validate_overrides(["optimizer.lr=interval(-1, 0.1)", "trainer.max_steps=2"], multirun=True)
