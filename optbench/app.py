@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from optbench import smoke
+from optbench import distributed, smoke
 from optbench.errors import ConfigError
 
 INTERRUPTED = 1  # exit status of a run stopped by a signal (its summary says `interrupted`)
@@ -51,10 +51,11 @@ def run(args: list[str]) -> int:
     if not any(a.split("=")[0] in INFO_FLAGS for a in args):
         multirun = "-m" in args or "--multirun" in args
         try:
-            validate_overrides(split_overrides(args), multirun)
+            cfg = validate_overrides(split_overrides(args), multirun)
         except ConfigError as e:
             print(e.render(), file=sys.stderr)
             return 2
+        args += distributed.shared_output_overrides(cfg)  # under torchrun: one folder for all ranks
 
     exit_codes: list[int] = []
 
