@@ -85,10 +85,28 @@ def problems(cfg: DictConfig) -> list[str]:
         found.append(f"data.batch_size={batch}: not divisible by the world size {here.size} (torchrun's "
                      f"WORLD_SIZE); data.batch_size is the global batch and each process reads an equal "
                      f"share. Choose a multiple of {here.size}, such as {below or above} or {above}.")
-    if resolved != "none" and cfg.get("gan") is not None:
+    if resolved == "none":
+        return found
+    if cfg.get("gan") is not None:
         found.append(f"trainer.strategy={resolved}: GAN training runs in one process only; "
                      f"start it without torchrun.")
+    if _needs_hessian(cfg.optimizer):
+        found.append(f"optimizer._target_={cfg.optimizer._target_}: its Hessian estimate comes from one "
+                     f"process's batch and would differ between ranks; run it in one process.")
+    if resolved == "fsdp" and cfg.trainer.get("ema", {}).get("decay") is not None:
+        found.append("trainer.ema.decay: the weight EMA is not available with trainer.strategy=fsdp "
+                     "(it would copy the sharded model); use trainer.strategy=ddp or set trainer.ema.decay=null.")
     return found
+
+
+def _needs_hessian(node: DictConfig) -> bool:
+    """Whether the optimizer refreshes a Hessian estimate from the model (SophiaG)."""
+    from optbench.build import locate
+
+    try:
+        return hasattr(locate(str(node._target_)), "update_hessian")
+    except Exception:  # a bad _target_ is reported by the component check
+        return False
 
 
 def init_process_group() -> None:

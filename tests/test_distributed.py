@@ -1,0 +1,155 @@
+"""Data-parallel training through torchrun (2 processes, gloo on the CPU, one thread each):
+the same training as one process with the same global batch, one run folder written once,
+exact resume, gradient all-reduces only on the stepping micro-batch, FSDP2; and the bad input
+(no torchrun, a world size that does not divide the batch) refused with exit status 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import read_metrics, read_summary, run_dirs
+from optbench.checkpoint import load
+from optbench.cli import main
+from optbench.config import job_config
+from optbench.trainer import Trainer
+
+pytestmark = pytest.mark.slow
+
+# Several steps of the MLP on the digits; LR scaling on, so that it is checked to be the same too.
+COMMON = ["data.batch_size=64", "trainer.log_every=2", "trainer.eval_every=4", "trainer.progress=false",
+          "trainer.deterministic=true", "scheduler=constant", "optimizer.lr_scaling=linear"]
+TORCHRUN_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 ARGS` (a free port of its own), one thread a process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def parameters(state: dict) -> list[torch.Tensor]:
+    return list(state["model"].values())
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An 8-step 2-process run in the default (timestamped) folder under outputs/."""
+    cwd = tmp_path_factory.mktemp("ddp")
+    done = torchrun("-m", "optbench", "run", *COMMON, "trainer.max_steps=8", cwd=cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folders = run_dirs(cwd / "outputs")
+    assert len(folders) == 1, folders  # the ranks agreed on one folder
+    return folders[0]
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(ddp_run, tmp_path):
+    single = Trainer(job_config([*COMMON, "trainer.max_steps=8", "trainer.tensorboard=false"]), tmp_path)
+    assert single.fit()["status"] == "completed"
+    ddp_state = load(ddp_run / "checkpoints" / "last.pt")
+    for name, value in single.model.state_dict().items():
+        torch.testing.assert_close(ddp_state["model"][name], value, rtol=1e-6, atol=1e-6)
+
+    summary = read_summary(ddp_run)
+    assert summary["status"] == "completed" and summary["steps"] == 8
+    assert (summary["strategy"], summary["world_size"], summary["effective_batch_size"]) == ("ddp", 2, 64)
+    # Logs written once, by rank 0, with the metrics of all ranks (equal to one process's).
+    lines, reference = read_metrics(ddp_run), read_metrics(tmp_path)
+    assert [(m["split"], m["step"]) for m in lines] == [(m["split"], m["step"]) for m in reference]
+    for got, want in zip(lines, reference):
+        for key in ("loss", "acc", "lr"):
+            if key in want:
+                assert got[key] == pytest.approx(want[key], rel=1e-5), (got, want)
+    assert lines[0]["lr"] == pytest.approx(1e-3 * 64 / 256)  # linear scaling, the same as in one process
+    assert len(list((ddp_run / "tb").iterdir())) == 1  # one TensorBoard event file
+    log = (ddp_run / "optbench.log").read_text()
+    assert log.count("optimizer.lr_scaling=linear") == 1 and "2 process(es) x 32" in log
+    assert sorted(p.name for p in (ddp_run / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+
+
+def test_a_two_process_run_resumes_from_its_checkpoint_exactly(ddp_run, tmp_path):
+    folder = f"hydra.run.dir={tmp_path / 'split'}"
+    first = torchrun("-m", "optbench", "run", *COMMON, "trainer.max_steps=3", folder, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = torchrun("-m", "optbench", "run", *COMMON, "trainer.max_steps=8", "trainer.resume=auto", folder,
+                       cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr + resumed.stdout
+    whole, split = load(ddp_run / "checkpoints" / "last.pt"), load(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert split["progress"]["step"] == 8
+    for a, b in zip(parameters(whole), parameters(split)):
+        assert torch.equal(a, b)
+    for name in ("exp_avg", "exp_avg_sq"):
+        for i, state in whole["optimizer"]["state"].items():
+            assert torch.equal(state[name], split["optimizer"]["state"][i][name])
+    # The first run logged its last step (3); the resumed one goes on from there, each line once.
+    assert [m["step"] for m in read_metrics(tmp_path / "split") if m["split"] == "train"] == [2, 3, 4, 6, 8]
+
+
+def test_accumulation_all_reduces_only_on_the_stepping_micro_batch(tmp_path):
+    out = tmp_path / "accumulation.pt"
+    done = torchrun(str(Path(__file__).with_name("ddp_worker.py")), "accumulation", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = torch.load(out)
+    (synced, params), (synced_every, params_every) = result["no_sync"], result["every_micro_batch"]
+    buckets = synced_every // 12  # 4 steps of 3 micro-batches: 12 backward passes
+    assert buckets >= 1 and synced_every == 12 * buckets
+    assert synced == 4 * buckets  # one all-reduce per optimizer step
+    for a, b in zip(params, params_every):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_fsdp2_trains_like_ddp_and_resumes(tmp_path):
+    out = tmp_path / "fsdp.pt"
+    done = torchrun(str(Path(__file__).with_name("ddp_worker.py")), "fsdp", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = torch.load(out)
+    for a, b in zip(result["ddp"], result["fsdp"]):  # LAMB's trust ratios and clipping on sharded gradients
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert int(result["resumed_steps"][0]) == 8
+    for a, b in zip(result["fsdp"], result["fsdp_resumed"]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("env, overrides, message", [
+    ({}, ["trainer.strategy=ddp"], "trainer.strategy=ddp: needs the processes and environment that torchrun starts"),
+    ({}, ["trainer.strategy=fsdp"], "trainer.strategy=fsdp: needs the processes"),
+    (TORCHRUN_ENV, ["data.batch_size=128"], "data.batch_size=128: not divisible by the world size 3"),
+    (TORCHRUN_ENV, ["trainer.strategy=none"], "trainer.strategy=none: torchrun started 3 processes"),
+    (TORCHRUN_ENV, ["trainer.strategy=fsdp", "data.batch_size=126", "trainer.ema.decay=0.9"], "trainer.ema.decay"),
+    ({}, ["optimizer.lr_scaling=cubic"], "optimizer.lr_scaling='cubic': must be one of 'linear', 'sqrt' or null"),
+    ({}, ["optimizer.reference_batch=0"], "optimizer.reference_batch=0: must be an integer >= 1"),
+])
+def test_bad_distributed_input_is_refused(env, overrides, message, tmp_path, monkeypatch, capsys):
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_lr_scaling_sets_the_optimizers_lr_for_the_effective_batch(tmp_path):
+    def lrs(*overrides: str) -> list[float]:
+        """The LR of every parameter group, and the constructor's default LR (AdamW's own)."""
+        trainer = Trainer(job_config(["trainer.progress=false", "trainer.tensorboard=false", *overrides]), tmp_path)
+        return [g["lr"] for g in trainer.optimizer.param_groups] + [trainer.optimizer.defaults["lr"]]
+
+    batch = ["data.batch_size=64", "trainer.accumulation_steps=2", "optimizer.lr=0.004"]  # effective 128
+    assert lrs(*batch) == pytest.approx([0.004] * 3)
+    assert lrs(*batch, "optimizer.lr_scaling=linear") == pytest.approx([0.002] * 3)  # x 128/256
+    assert lrs(*batch, "optimizer.lr_scaling=sqrt", "optimizer.reference_batch=32") == pytest.approx([0.008] * 3)
+    # Lookahead: the LR of the optimizer it wraps is the one scaled.
+    wrapped = Trainer(job_config(["trainer.progress=false", "trainer.tensorboard=false", "optimizer=lookahead",
+                                  "optimizer@optimizer.inner=sgd", "optimizer.inner.lr=0.1", *batch[:2],
+                                  "optimizer.lr_scaling=linear"]), tmp_path)
+    assert [g["lr"] for g in wrapped.optimizer.param_groups] == pytest.approx([0.05, 0.05])
