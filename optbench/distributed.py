@@ -148,8 +148,8 @@ def shared_output_overrides(cfg: DictConfig) -> list[str]:
 
 
 def _quoted(path: str) -> str:
-    """A path as a quoted Hydra override value (any character but the quote itself is safe)."""
-    return "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A path as a quoted Hydra override value (commas, spaces and `=` are safe inside quotes)."""
+    return "'" + path.replace("'", "\\'") + "'"
 
 
 def all_reduce(values: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -230,3 +230,45 @@ def no_gradient_sync(module: torch.nn.Module, strategy: str) -> Iterator[None]:
             module.set_requires_gradient_sync(True)  # type: ignore[operator]
     else:
         yield
+
+
+# Under FSDP2 a checkpoint holds the whole (unsharded) state, gathered to the CPU through
+# torch.distributed.checkpoint's state-dict API: written once by rank 0 like any other checkpoint
+# (atomically, loaded with weights_only), and loadable at any world size.
+
+def model_state(model: torch.nn.Module, strategy: str) -> dict[str, Any]:
+    """The model's state dict, whole (every rank must call it under FSDP2)."""
+    if strategy != "fsdp":
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_whole())
+
+
+def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   strategy: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model's and the optimizer's state dicts, whole."""
+    if strategy != "fsdp":
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    return get_state_dict(model, optimizer, options=_whole())
+
+
+def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, strategy: str,
+                        model_dict: dict[str, Any], optimizer_dict: dict[str, Any]) -> None:
+    """Load what `training_state` returned (under FSDP2 each rank keeps its shard of it)."""
+    if strategy != "fsdp":
+        model.load_state_dict(model_dict)
+        optimizer.load_state_dict(optimizer_dict)
+        return
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=model_dict, optim_state_dict=optimizer_dict,
+                   options=_whole())
+
+
+def _whole() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -23,8 +23,8 @@ from optbench.build import build_data, build_model, build_optimizer, build_sched
 from optbench.clipping import adaptive_clip_
 from optbench.data import Batch
 from optbench.diagnostics import Diagnostics
-from optbench.lr_scaling import scaled_optimizer
 from optbench.errors import ConfigError
+from optbench.lr_scaling import scaled_optimizer
 from optbench.preemption import Interrupted, StopRequests
 from optbench.progress import ProgressBar, print_summary
 from optbench.runlog import RunLog, per_group, write_summary
@@ -429,7 +429,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs; with ranks, every rank must call it (it gathers)."""
-        model_state, optimizer_state = self._model_and_optimizer_state()
+        model_state, optimizer_state = distributed.training_state(self.model, self.optimizer, self.strategy)
         state = {
             "model": model_state,
             "optimizer": optimizer_state,
@@ -454,25 +454,8 @@ class Trainer:
             state["ema"] = self.ema.state_dict()
         return state
 
-    def _model_and_optimizer_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The model's and optimizer's state dicts; under FSDP2 gathered whole (unsharded, on the
-        CPU) through torch.distributed.checkpoint, so that a checkpoint loads at any world size."""
-        if self.strategy != "fsdp":
-            return self.model.state_dict(), self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        return get_state_dict(self.model, self.optimizer,
-                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.strategy == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                           optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
-        else:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+        distributed.load_training_state(self.model, self.optimizer, self.strategy, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
@@ -493,12 +476,7 @@ class Trainer:
             checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
 
     def _save_best(self) -> None:
-        model_state = self.model.state_dict()
-        if self.strategy == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            model_state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
-                                                                                     cpu_offload=True))
+        model_state = distributed.model_state(self.model, self.strategy)
         if self.world.is_main:
             state = {"model": model_state, "progress": {"step": self.step, "best": dict(self.best)}}
             checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "best.pt")
