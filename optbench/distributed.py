@@ -81,10 +81,11 @@ def problems(cfg: DictConfig) -> list[str]:
     resolved = resolve_strategy(strategy)
     batch = cfg.data.get("batch_size")
     if resolved != "none" and isinstance(batch, int) and batch % here.size:
-        below, above = batch - batch % here.size, batch - batch % here.size + here.size
+        below = batch - batch % here.size
+        near = " or ".join(str(b) for b in (below, below + here.size) if b > 0)
         found.append(f"data.batch_size={batch}: not divisible by the world size {here.size} (torchrun's "
                      f"WORLD_SIZE); data.batch_size is the global batch and each process reads an equal "
-                     f"share. Choose a multiple of {here.size}, such as {below or above} or {above}.")
+                     f"share. Choose a multiple of {here.size}, such as {near}.")
     if resolved == "none":
         return found
     if cfg.get("gan") is not None:
@@ -184,13 +185,6 @@ def gather_objects(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def wrap(model: torch.nn.Module, strategy: str, device: torch.device) -> torch.nn.Module:
