@@ -50,6 +50,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
+def whole(norm: torch.Tensor) -> torch.Tensor:
+    """A norm as a plain tensor: under FSDP2 gradients are sharded DTensors, and so is their norm
+    until it is reduced over the shards."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
 def config_differences(saved: dict[str, Any], cfg: DictConfig) -> str:
     """`: it differs in model.depth (20 -> 32), ...` between a checkpoint's config and `cfg`."""
     current = OmegaConf.to_container(cfg, resolve=True)
@@ -258,14 +264,12 @@ class Trainer:
             adaptive_clip_(self.agc_params, self.tc.clip_agc)
         grad_norm = None
         if self.tc.clip_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.tc.clip_norm, self.tc.clip_norm_type)
+            grad_norm = whole(torch.nn.utils.clip_grad_norm_(params, self.tc.clip_norm, self.tc.clip_norm_type))
             self._clipped += grad_norm > self.tc.clip_norm
         elif measure:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], self.tc.clip_norm_type)
+            grad_norm = whole(torch.nn.utils.get_total_norm([p.grad for p in params], self.tc.clip_norm_type))
         if self.tc.clip_value is not None:
             torch.nn.utils.clip_grad_value_(params, self.tc.clip_value)
-        if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over all shards, as a plain tensor
-            grad_norm = grad_norm.full_tensor()
         return grad_norm
 
     def _skip_update(self, loss_sum: torch.Tensor) -> None:

@@ -73,31 +73,17 @@ def test_two_processes_train_like_one_with_the_same_global_batch(ddp_run, tmp_pa
     assert sorted(p.name for p in (ddp_run / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
 
 
-def test_a_two_process_run_resumes_from_its_checkpoint_exactly(ddp_run, tmp_path):
-    folder = f"hydra.run.dir={tmp_path / 'split'}"
-    first = torchrun("-m", "optbench", "run", *COMMON, "trainer.max_steps=3", folder, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    resumed = torchrun("-m", "optbench", "run", *COMMON, "trainer.max_steps=8", "trainer.resume=auto", folder,
-                       cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stderr + resumed.stdout
-    whole, split = load(ddp_run / "checkpoints" / "last.pt"), load(tmp_path / "split" / "checkpoints" / "last.pt")
-    assert split["progress"]["step"] == 8
-    for a, b in zip(parameters(whole), parameters(split)):
-        assert torch.equal(a, b)
-    for name in ("exp_avg", "exp_avg_sq"):
-        for i, state in whole["optimizer"]["state"].items():
-            assert torch.equal(state[name], split["optimizer"]["state"][i][name])
-    # The first run logged its last step (3); the resumed one goes on from there, each line once.
-    assert [m["step"] for m in read_metrics(tmp_path / "split") if m["split"] == "train"] == [2, 3, 4, 6, 8]
-
-
-def test_accumulation_all_reduces_only_on_the_stepping_micro_batch(tmp_path):
-    out = tmp_path / "accumulation.pt"
-    done = torchrun(str(Path(__file__).with_name("ddp_worker.py")), "accumulation", str(out), cwd=tmp_path)
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """What tests/ddp_worker.py measured inside the two processes."""
+    cwd = tmp_path_factory.mktemp("worker")
+    done = torchrun(str(Path(__file__).with_name("ddp_worker.py")), str(cwd / "result.pt"), cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = torch.load(out)
-    (synced, params), (synced_every, params_every) = result["no_sync"], result["every_micro_batch"]
+    return torch.load(cwd / "result.pt")
+
+
+def test_accumulation_all_reduces_only_on_the_stepping_micro_batch(worker):
+    (synced, params), (synced_every, params_every) = worker["no_sync"], worker["every_micro_batch"]
     buckets = synced_every // 12  # 4 steps of 3 micro-batches: 12 backward passes
     assert buckets >= 1 and synced_every == 12 * buckets
     assert synced == 4 * buckets  # one all-reduce per optimizer step
@@ -105,15 +91,19 @@ def test_accumulation_all_reduces_only_on_the_stepping_micro_batch(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_fsdp2_trains_like_ddp_and_resumes(tmp_path):
-    out = tmp_path / "fsdp.pt"
-    done = torchrun(str(Path(__file__).with_name("ddp_worker.py")), "fsdp", str(out), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = torch.load(out)
-    for a, b in zip(result["ddp"], result["fsdp"]):  # LAMB's trust ratios and clipping on sharded gradients
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert int(result["resumed_steps"][0]) == 8
-    for a, b in zip(result["fsdp"], result["fsdp_resumed"]):
+def test_a_stop_signal_to_one_rank_stops_both_and_the_run_resumes_exactly(worker):
+    assert worker["ddp_stopped"] == ("interrupted", 3)  # rank 0 stopped with rank 1, after step 3
+    # Resumed from the checkpoint (a fresh start would log step 2 twice), to the same parameters.
+    assert worker["ddp_resumed_logged"] == [2, 4, 6, 8]
+    for a, b in zip(worker["ddp"], worker["ddp_resumed"]):
+        assert torch.equal(a, b)
+
+
+def test_fsdp2_trains_like_ddp_and_resumes_exactly(worker):
+    for a, b in zip(worker["ddp"], worker["fsdp"]):  # LAMB's trust ratios and clipping on sharded gradients
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert worker["fsdp_resumed_logged"] == [2, 4, 6, 8]
+    for a, b in zip(worker["fsdp"], worker["fsdp_resumed"]):
         assert torch.equal(a, b)
 
 
