@@ -16,6 +16,8 @@ from typing import Any
 from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 
+from optbench.distributed import QUIET_RANK
+
 RESUME_KEY = "trainer.resume"
 
 
@@ -37,7 +39,10 @@ class SlurmLauncher(SubmititSlurmLauncher):
                  singleton_state: dict[type, Any]) -> JobReturn:
         import submitit
 
-        if submitit.JobEnvironment().num_tasks > 1:
+        overrides = with_resume(sweep_overrides)
+        job = submitit.JobEnvironment()
+        if job.num_tasks > 1:
             # LOCAL_RANK picks the GPU (trainer.device), so every task keeps seeing all of the node's.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return super().__call__(with_resume(sweep_overrides), job_dir_key, job_num, job_id, singleton_state)
+            overrides += [] if job.global_rank == 0 else QUIET_RANK
+        return super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)

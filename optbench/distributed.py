@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 # What torchrun sets in each process's environment (the "env://" rendezvous).
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
+# Hydra overrides for ranks other than 0: no .hydra/ folder and no log file of their own in the
+# run folder (rank 0 writes them); their log lines go to the console.
+QUIET_RANK = ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
 @dataclass(frozen=True)
@@ -143,9 +146,7 @@ def shared_output_overrides(cfg: DictConfig) -> list[str]:
     dist.broadcast_object_list(folders, src=0)
     run_dir, sweep_dir = folders[0]
     overrides = [f"hydra.run.dir={_quoted(run_dir)}", f"hydra.sweep.dir={_quoted(sweep_dir)}"]
-    if not here.is_main:
-        overrides += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
-    return overrides
+    return overrides + ([] if here.is_main else QUIET_RANK)
 
 
 def _quoted(path: str) -> str:
