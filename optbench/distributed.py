@@ -48,13 +48,9 @@ class World:
         return self.rank == 0
 
 
-def launched_by_torchrun() -> bool:
-    return all(name in os.environ for name in TORCHRUN_VARS)
-
-
 def world() -> World:
     """The world torchrun describes in the environment; one process without it."""
-    if not launched_by_torchrun():
+    if not all(name in os.environ for name in TORCHRUN_VARS):
         return World()
     return World(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
 

@@ -34,10 +34,6 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def parameters(state: dict) -> list[torch.Tensor]:
-    return list(state["model"].values())
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An 8-step 2-process run in the default (timestamped) folder under outputs/."""
