@@ -21,9 +21,11 @@ from optbench.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 
-# Several steps of the MLP on the digits; LR scaling on, so that it is checked to be the same too.
+# Several steps of the MLP on the digits with LAMB (trust ratios from the global gradient) and
+# clipping (the global norm); LR scaling on, so that it is checked to be the same too.
 COMMON = ["data.batch_size=64", "trainer.log_every=2", "trainer.eval_every=4", "trainer.progress=false",
-          "trainer.deterministic=true", "scheduler=constant", "optimizer.lr_scaling=linear"]
+          "trainer.deterministic=true", "scheduler=constant", "optimizer=lamb", "+optimizer.fused=false",
+          "trainer.clip_norm=0.5", "optimizer.lr_scaling=linear"]
 TORCHRUN_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
 
 
@@ -58,8 +60,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(ddp_run, tmp_pa
     # Logs written once, by rank 0, with the metrics of all ranks (equal to one process's).
     lines, reference = read_metrics(ddp_run), read_metrics(tmp_path)
     assert [(m["split"], m["step"]) for m in lines] == [(m["split"], m["step"]) for m in reference]
+    assert all("grad_norm" in m and "clip_fraction" in m for m in reference if m["split"] == "train")
     for got, want in zip(lines, reference):
-        for key in ("loss", "acc", "lr"):
+        for key in ("loss", "acc", "lr", "grad_norm", "clip_fraction"):
             if key in want:
                 assert got[key] == pytest.approx(want[key], rel=1e-5), (got, want)
     assert lines[0]["lr"] == pytest.approx(1e-3 * 64 / 256)  # linear scaling, the same as in one process
