@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -223,43 +225,55 @@ def no_gradient_sync(module: torch.nn.Module, strategy: str) -> Iterator[None]:
         yield
 
 
-# Under FSDP2 a checkpoint holds the whole (unsharded) state, gathered to the CPU through
-# torch.distributed.checkpoint's state-dict API: written once by rank 0 like any other checkpoint
-# (atomically, loaded with weights_only), and loadable at any world size.
+# Under FSDP2 each rank writes its own shards of the model's and optimizer's state through
+# torch.distributed.checkpoint (DCP) into a folder beside last.pt, which names it; the folder is new
+# for every checkpoint, so the one that last.pt (or previous.pt) names is never written over, and
+# DCP reshards on loading, so a checkpoint loads at another world size too. best.pt, which only
+# evaluation reads, holds the whole model, gathered to the CPU.
 
-def model_state(model: torch.nn.Module, strategy: str) -> dict[str, Any]:
+SHARDED = "sharded-"  # name prefix of the sharded checkpoint folders
+
+
+def save_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path, step: int) -> str:
+    """Write this rank's shards into a new folder of `folder` (every rank calls it); its name."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    name = [f"{SHARDED}{step:08d}-0"]
+    if dist.get_rank() == 0:  # rank 0 picks a name no folder has, the others are told
+        number = 0
+        while (folder / name[0]).exists():
+            number += 1
+            name[0] = f"{SHARDED}{step:08d}-{number}"
+    dist.broadcast_object_list(name, src=0)
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=folder / name[0])
+    return name[0]
+
+
+def load_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Load this rank's shards from the folder `save_sharded` wrote (every rank calls it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def remove_unreferenced(folder: Path, keep: set[str]) -> None:
+    """Delete the sharded checkpoint folders in `folder` that neither last.pt nor previous.pt names."""
+    for path in folder.glob(f"{SHARDED}*"):
+        if path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def whole_model_state(model: torch.nn.Module, strategy: str) -> dict[str, Any]:
     """The model's state dict, whole (every rank must call it under FSDP2)."""
     if strategy != "fsdp":
         return model.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=_whole())
-
-
-def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   strategy: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model's and the optimizer's state dicts, whole."""
-    if strategy != "fsdp":
-        return model.state_dict(), optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    return get_state_dict(model, optimizer, options=_whole())
-
-
-def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, strategy: str,
-                        model_dict: dict[str, Any], optimizer_dict: dict[str, Any]) -> None:
-    """Load what `training_state` returned (under FSDP2 each rank keeps its shard of it)."""
-    if strategy != "fsdp":
-        model.load_state_dict(model_dict)
-        optimizer.load_state_dict(optimizer_dict)
-        return
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
-    set_state_dict(model, optimizer, model_state_dict=model_dict, optim_state_dict=optimizer_dict,
-                   options=_whole())
-
-
-def _whole() -> Any:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -432,11 +432,12 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs; with ranks, every rank must call it (it gathers)."""
-        model_state, optimizer_state = distributed.training_state(self.model, self.optimizer, self.strategy)
+        """Everything a resume needs; with ranks, every rank must call it (it gathers). Under FSDP2
+        the model and optimizer state are not in it: `save_checkpoint` writes them sharded."""
+        sharded = self.strategy == "fsdp"
         state = {
-            "model": model_state,
-            "optimizer": optimizer_state,
+            "model": {} if sharded else self.model.state_dict(),
+            "optimizer": {} if sharded else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "progress": {
@@ -459,7 +460,11 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        distributed.load_training_state(self.model, self.optimizer, self.strategy, state["model"], state["optimizer"])
+        if "sharded" in state:  # FSDP2: the folder of shards that the checkpoint names
+            distributed.load_sharded(self.model, self.optimizer, Path(state["sharded"]))
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
@@ -475,12 +480,26 @@ class Trainer:
         checkpoint.set_rng_state(ranks[self.world.rank] if len(ranks) == self.world.size else state["rng"])
 
     def save_checkpoint(self) -> None:
+        folder = self.run_dir / "checkpoints"
         state = self.state_dict()
+        if self.strategy == "fsdp":
+            state["sharded"] = distributed.save_sharded(self.model, self.optimizer, folder, self.step)
         if self.world.is_main:
-            checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
+            checkpoint.save_atomic(state, folder / "last.pt")
+            if self.strategy == "fsdp":  # keep the shards that last.pt and previous.pt name
+                keep = {state["sharded"], *self._sharded_of(folder / checkpoint.PREVIOUS)}
+                distributed.remove_unreferenced(folder, keep)
+
+    @staticmethod
+    def _sharded_of(path: Path) -> list[str]:
+        """The sharded folder that the checkpoint at `path` names, if it names one and loads."""
+        try:
+            return [checkpoint.load(path)["sharded"]] if path.exists() else []
+        except (ConfigError, KeyError):
+            return []
 
     def _save_best(self) -> None:
-        model_state = distributed.model_state(self.model, self.strategy)
+        model_state = distributed.whole_model_state(self.model, self.strategy)
         if self.world.is_main:
             state = {"model": model_state, "progress": {"step": self.step, "best": dict(self.best)}}
             checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "best.pt")
@@ -498,6 +517,8 @@ class Trainer:
         else:
             path = Path(self.tc.resume).expanduser()
             state = checkpoint.load(path)
+        if "sharded" in state:  # named relative to the checkpoint, so that a run folder can move
+            state["sharded"] = str(path.parent / state["sharded"])
         try:
             self.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError) as e:

@@ -86,6 +86,9 @@ def strategy_runs(root: Path) -> dict[str, object]:
         resumed.fit()
         found[f"{strategy}_resumed"] = full_parameters(resumed)
         found[f"{strategy}_resumed_logged"] = train_steps_logged(root / f"{strategy}_split")
+    checkpoints = root / "fsdp_split" / "checkpoints"
+    found["fsdp_checkpoints"] = sorted(p.name for p in checkpoints.iterdir())
+    found["fsdp_last"] = torch.load(checkpoints / "last.pt", weights_only=True)
     return found
 
 

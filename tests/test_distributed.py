@@ -98,12 +98,19 @@ def test_a_stop_signal_to_one_rank_stops_both_and_the_run_resumes_exactly(worker
         assert torch.equal(a, b)
 
 
-def test_fsdp2_trains_like_ddp_and_resumes_exactly(worker):
+def test_fsdp2_trains_like_ddp_resumes_exactly_from_sharded_checkpoints(worker):
     for a, b in zip(worker["ddp"], worker["fsdp"]):  # LAMB's trust ratios and clipping on sharded gradients
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert worker["fsdp_resumed_logged"] == [2, 4, 6, 8]
     for a, b in zip(worker["fsdp"], worker["fsdp_resumed"]):
         assert torch.equal(a, b)
+    # Each rank wrote its shards through torch.distributed.checkpoint; last.pt names the folder.
+    # Only the folders that last.pt and previous.pt name are kept.
+    last = worker["fsdp_last"]
+    assert last["model"] == {} and last["progress"]["step"] == 8
+    sharded = [name for name in worker["fsdp_checkpoints"] if name.startswith("sharded-")]
+    assert last["sharded"] == "sharded-00000008-0" and len(sharded) == 2 and last["sharded"] in sharded
+    assert {"last.pt", "previous.pt", "best.pt"} <= set(worker["fsdp_checkpoints"])
 
 
 @pytest.mark.parametrize("env, overrides, message", [
