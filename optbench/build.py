@@ -111,12 +111,17 @@ def build_param_groups(node: DictConfig, model: torch.nn.Module, lr: float | Non
     return groups
 
 
+def lr_holder(node: DictConfig) -> DictConfig:
+    """The optimizer config that holds the LR: `node` itself, or the optimizer it wraps (Lookahead)."""
+    if "lr" in node:
+        return node
+    inner = [v for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
+    return lr_holder(inner[0]) if inner else node
+
+
 def base_lr(node: DictConfig) -> float | None:
     """The configured LR: the optimizer's own, or that of the optimizer it wraps (Lookahead)."""
-    if "lr" in node:
-        return node.lr
-    inner = [v for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
-    return base_lr(inner[0]) if inner else None
+    return lr_holder(node).get("lr")
 
 
 def build_optimizer(node: DictConfig, model: torch.nn.Module, params: DictConfig) -> torch.optim.Optimizer:
@@ -129,7 +134,9 @@ def optimizer_from(node: DictConfig, params: Any) -> torch.optim.Optimizer:
     A key whose value is itself a component (Lookahead's `inner`) is built first, over the same
     parameters, and passed as that argument: a wrapper gets the optimizer it wraps.
     """
-    kwargs = arguments(node)
+    from optbench.lr_scaling import SETTINGS
+
+    kwargs = {k: v for k, v in arguments(node).items() if k not in SETTINGS}  # optbench's, not the class's
     for key, value in node.items():
         if isinstance(value, DictConfig) and "_target_" in value:
             kwargs[str(key)] = optimizer_from(value, params)

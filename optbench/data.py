@@ -42,9 +42,20 @@ def input_kind(x: torch.Tensor) -> Inputs:
     return "images" if x.ndim == 4 else "vectors"
 
 
-def count_batches(num_train: int, batch_size: int, drop_last: bool) -> int:
-    """Batches in an epoch; `drop_last` drops the short last one."""
-    return num_train // batch_size if drop_last else math.ceil(num_train / batch_size)
+def count_batches(num_train: int, batch_size: int, drop_last: bool, world_size: int = 1) -> int:
+    """Batches in an epoch; `drop_last` drops the short last one, and so does `shard` when it has
+    fewer samples than there are ranks."""
+    full, rest = divmod(num_train, batch_size)
+    return full + int(not drop_last and rest >= world_size)
+
+
+def shard(index: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank `rank`'s part of a global batch's sample indices: every `world_size`-th one, as
+    DistributedSampler deals them. A batch that the world size does not divide (an epoch's short
+    last one) loses its last few samples, so that every rank steps on as many samples as the others
+    and their mean gradients average to the batch's."""
+    usable = len(index) - len(index) % world_size
+    return index[rank:usable:world_size]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -72,6 +83,7 @@ class InMemoryData:
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.task = task or Classification()
+        self.rank, self.world_size = 0, 1
         self.spec = DataSpec(tuple(x_train.shape[1:]), num_classes, input_kind(x_train), vocab_size,
                              per_token=y_train.ndim > 1)
 
@@ -83,6 +95,10 @@ class InMemoryData:
         self.y_train, self.y_val = self.y_train.to(device), self.y_val.to(device)
         return self
 
+    def shard(self, rank: int, world_size: int) -> None:
+        """Read only rank `rank`'s share of every batch (`data.batch_size` stays the global batch)."""
+        self.rank, self.world_size = rank, world_size
+
     @property
     def num_train(self) -> int:
         return len(self.y_train)
@@ -90,19 +106,23 @@ class InMemoryData:
     @property
     def batches_per_epoch(self) -> int:
         """Training (micro-)batches in one epoch."""
-        return count_batches(self.num_train, self.batch_size, self.drop_last)
+        return count_batches(self.num_train, self.batch_size, self.drop_last, self.world_size)
 
     def train_batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """Epoch `epoch`'s shuffled batches, from batch number `start` on."""
+        """Epoch `epoch`'s shuffled batches (this rank's share of each), from batch number `start` on."""
         generator = epoch_generator(seed, epoch)
         order = torch.randperm(self.num_train, generator=generator).to(self.x_train.device)
         for i in range(start, self.batches_per_epoch):
-            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            index = shard(order[i * self.batch_size : (i + 1) * self.batch_size], self.rank, self.world_size)
             yield self.x_train[index], self.y_train[index]
 
     def val_batches(self) -> Iterator[Batch]:
+        """The validation set in batches; with ranks, each reads every `world_size`-th sample of
+        each batch (the trainer adds up the ranks' metric sums)."""
+        step = self.world_size
         for i in range(0, len(self.y_val), self.batch_size):
-            yield self.x_val[i : i + self.batch_size], self.y_val[i : i + self.batch_size]
+            part = slice(i + self.rank, i + self.batch_size, step)
+            yield self.x_val[part], self.y_val[part]
 
 
 def split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,8 +72,10 @@ def log_hparams(run_dir: Path, hparams: dict[str, Any], summary: dict[str, Any])
 
 def log_job_hparams(cfg: DictConfig, constant: set[str]) -> None:
     """`log_hparams` for the Hydra job running now: its overrides of keys other than `constant`
-    (the keys a sweep does not vary) are its hyperparameters."""
-    if not cfg.trainer.tensorboard:
+    (the keys a sweep does not vary) are its hyperparameters. Rank 0 alone writes, under torchrun."""
+    from optbench.distributed import world
+
+    if not cfg.trainer.tensorboard or not world().is_main:
         return
     from hydra.core.hydra_config import HydraConfig
 

@@ -26,23 +26,29 @@ class RunLog:
     (`momentum/<name>`) in TensorBoard, like every other group's.
     """
 
-    def __init__(self, run_dir: Path, first_group: str, tensorboard: bool, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, first_group: str, tensorboard: bool, resume_step: int | None = None,
+                 active: bool = True):
         self.run_dir = run_dir
         self.first_group = first_group
         self.path = run_dir / "metrics.jsonl"
         self.diagnostics_path = run_dir / "diagnostics.jsonl"
+        self.active = active  # false on the ranks other than 0: they write nothing
+        self._writer = None
+        if not active:
+            return
         if resume_step is not None:
             for path in (self.path, self.diagnostics_path):
                 _truncate_after(path, resume_step)
         self._file = self.path.open("a")
         self._diagnostics_file = self.diagnostics_path.open("a")
-        self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
 
     def write(self, split: str, step: int, epoch: float, time: float, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
         line = {"step": step, "epoch": round(epoch, 6), "time": round(time, 4), "split": split, **metrics}
         self._file.write(json.dumps(json_safe(line)) + "\n")
         self._file.flush()
@@ -53,6 +59,8 @@ class RunLog:
 
     def write_diagnostics(self, step: int, record: dict[str, dict[str, float]]) -> None:
         """One line of diagnostics.jsonl; TensorBoard tags `diag/<kind>/<name>`."""
+        if not self.active:
+            return
         self._diagnostics_file.write(json.dumps(json_safe({"step": step, **record})) + "\n")
         self._diagnostics_file.flush()
         if self._writer is None:
@@ -71,6 +79,8 @@ class RunLog:
         return TRAIN_TAGS.get(name, f"train/{name}")
 
     def close(self) -> None:
+        if not self.active:
+            return
         self._file.close()
         self._diagnostics_file.close()
         if self._writer is not None:

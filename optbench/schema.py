@@ -135,6 +135,9 @@ class TrainerConfig:
     """`bf16` autocasts; `16` autocasts and scales the loss (CUDA)."""
     accumulation_steps: PositiveInt = 1
     """Micro-batches per optimizer step."""
+    strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    """How processes started by torchrun share the work: `ddp` (a copy of the model on each),
+    `fsdp` (FSDP2: parameters sharded); `auto` is ddp under torchrun, else `none` (one process)."""
     clip_norm: Optional[PositiveFloat] = None
     """Clip the total gradient 2-norm to this value; null is off."""
     clip_norm_type: PositiveFloat = 2.0

@@ -163,7 +163,12 @@ def job_record(index: dict[str, Any], num: int) -> dict[str, Any] | None:
 
 
 def record(sweep_dir: Path, entry: dict[str, Any], stop: bool = False) -> None:
-    """Put one job's entry into the index (replacing its earlier one), atomically."""
+    """Put one job's entry into the index (replacing its earlier one), atomically. In a job of
+    several processes (a multi-task SLURM job), rank 0 alone writes."""
+    from optbench.distributed import world
+
+    if not world().is_main:
+        return
     with locked(sweep_dir):
         index = read_index(sweep_dir)
         jobs = [job for job in index.get("jobs", []) if job["job"] != entry["job"]]

@@ -18,12 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from optbench import checkpoint
+from optbench import checkpoint, distributed
 from optbench.build import build_data, build_model, build_optimizer, build_scheduler, run_length
 from optbench.clipping import adaptive_clip_
 from optbench.data import Batch
 from optbench.diagnostics import Diagnostics
 from optbench.errors import ConfigError
+from optbench.lr_scaling import scaled_optimizer
 from optbench.memory import PeakMemory
 from optbench.preemption import Interrupted, StopRequests
 from optbench.progress import ProgressBar, print_summary
@@ -41,12 +42,19 @@ class Diverged(Exception):
     """The loss or the gradient stopped being finite."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device `trainer.device` names; under torchrun, CUDA is this node's GPU number LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda: no CUDA device is available here; use auto or cpu.")
-    return torch.device(name)
+    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+
+
+def whole(norm: torch.Tensor) -> torch.Tensor:
+    """A norm as a plain tensor: under FSDP2 gradients are sharded DTensors, and so is their norm
+    until it is reduced over the shards."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def config_differences(saved: dict[str, Any], cfg: DictConfig) -> str:
@@ -66,17 +74,30 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.tc = TrainerConfig.from_mapping(OmegaConf.to_container(cfg.trainer, resolve=True))
-        self.device = resolve_device(self.tc.device)
+        # Under torchrun: this process's rank, and how the ranks share the work (none, ddp, fsdp).
+        self.world = distributed.world()
+        self.strategy = distributed.resolve_strategy(self.tc.strategy)
+        if self.strategy != "none":
+            distributed.init_process_group()
+        self.device = resolve_device(self.tc.device, self.world.local_rank)
         checkpoint.seed_everything(self.tc.seed, self.tc.deterministic)
 
         memory_format = torch.channels_last if self.tc.channels_last else torch.contiguous_format
         self.data = build_data(cfg.data).to(self.device, memory_format)
+        if self.strategy != "none":
+            self.data.shard(self.world.rank, self.world.size)  # data.batch_size is the global batch
         self.model = build_model(cfg.model, self.data).to(self.device, memory_format=memory_format)
-        # The compiled module shares the model's parameters; state_dicts come from the model.
-        self.forward_model = torch.compile(self.model) if self.tc.compile else self.model
+        # The module that training calls (DDP around the model, or the model sharded by FSDP2),
+        # compiled when asked; it shares the model's parameters and state_dicts come from the model.
+        self.parallel_model = distributed.wrap(self.model, self.strategy, self.device)
+        self.forward_model = torch.compile(self.parallel_model) if self.tc.compile else self.parallel_model
+        # Evaluation bypasses DDP (no gradients to sync, and ranks may read unequal shares).
+        self.eval_model = self.forward_model if self.strategy != "ddp" else (
+            torch.compile(self.model) if self.tc.compile else self.model)
         # The data say what is computed from their batches (loss, metrics, the run's target).
         self.task: Task = getattr(self.data, "task", None) or Classification()
         self.total_steps, self.steps_per_epoch = run_length(self.tc, self.data)
+        self.lr_scaling_note = ""  # what optimizer.lr_scaling did to the LR, for the log
         self.optimizer, self.scheduler = self.build_optimization()
         self.ema = None
         if self.tc.ema.decay is not None:
@@ -93,9 +114,10 @@ class Trainer:
         # AGC leaves the final classifier alone, as Brock et al. do.
         self.agc_params = [p for n, p in self.model.named_parameters() if not n.startswith("head.")]
         self.diagnostics = Diagnostics(self.model, self.optimizer, self.tc.diagnostics_every)
-        # A compiled model is not watched op by op (the watch would break its graphs).
+        # A compiled model is not watched op by op (the watch would break its graphs), nor a
+        # distributed one (its collectives and FSDP2's sharded tensors are not plain storages).
         self.memory = PeakMemory(self.device, [self.model] + ([self.ema] if self.ema is not None else []),
-                                 self.optimizers(), watch=not self.tc.compile)
+                                 self.optimizers(), watch=not self.tc.compile and self.strategy == "none")
 
         # Progress counters: everything a resume needs to continue at the same batch.
         self.step = 0  # optimizer steps done
@@ -111,13 +133,21 @@ class Trainer:
         self.divergence: dict[str, Any] = {}
 
     def build_optimization(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        """The optimizer and its scheduler (a hook: a GAN builds a pair per network)."""
-        optimizer = build_optimizer(self.cfg.optimizer, self.model, self.cfg.params)
+        """The optimizer and its scheduler (a hook: a GAN builds a pair per network).
+
+        The optimizer gets the LR after `optimizer.lr_scaling` for the effective batch."""
+        node, self.lr_scaling_note = scaled_optimizer(self.cfg.optimizer, self.effective_batch)
+        optimizer = build_optimizer(node, self.model, self.cfg.params)
         return optimizer, build_scheduler(self.cfg.scheduler, optimizer, self.total_steps, self.steps_per_epoch)
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Every optimizer of the run (a GAN has two)."""
         return [self.optimizer]
+
+    @property
+    def effective_batch(self) -> int:
+        """Samples per optimizer step over all ranks: data.batch_size (global) x accumulation."""
+        return self.data.batch_size * self.tc.accumulation_steps
 
     def _count_optimizer_step(self) -> None:
         self.optimizer_steps_taken += 1
@@ -128,22 +158,28 @@ class Trainer:
         """Train to `total_steps`; returns the summary (also written to summary.json)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed_from = self._maybe_resume()
-        effective_batch = self.data.batch_size * self.tc.accumulation_steps
-        log.info("%d optimizer steps of %d samples (%d micro-batches of %d) on %s",
-                 self.total_steps, effective_batch, self.tc.accumulation_steps, self.data.batch_size,
-                 self.device)
+        main = self.world.is_main
+        if main:
+            per_rank = self.data.batch_size // self.world.size if self.strategy != "none" else self.data.batch_size
+            log.info("%d optimizer steps of %d samples (%d micro-batches of %d = %d process(es) x %d) on %s, "
+                     "strategy %s", self.total_steps, self.effective_batch, self.tc.accumulation_steps,
+                     self.data.batch_size, self.world.size if self.strategy != "none" else 1, per_rank,
+                     self.device, self.strategy)
+            if self.lr_scaling_note:
+                log.info("%s", self.lr_scaling_note)
         # resume=auto without a checkpoint truncates too: lines of a run killed before its first
         # checkpoint describe nothing that this run continues.
         continuing = resumed_from is not None or self.tc.resume == "auto"
+        # Only rank 0 writes the run folder; the other ranks compute the same numbers silently.
         self.runlog = RunLog(self.run_dir, self.optimizer.param_groups[0].get("name", "group0"),
-                             self.tc.tensorboard, resume_step=self.step if continuing else None)
+                             self.tc.tensorboard, resume_step=self.step if continuing else None, active=main)
         self._start = time.perf_counter() - self.train_time
         self._reset_interval()
         status, checkpoint_at_end = "completed", True
         self.model.train()
         try:
             with StopRequests() as self.stop_requests, ProgressBar(
-                self.total_steps, self.step, self.tc.progress
+                self.total_steps, self.step, self.tc.progress and main
             ) as self.progress:
                 while self.step < self.total_steps:
                     self._train_epoch()
@@ -161,9 +197,12 @@ class Trainer:
         if status != "diverged" and checkpoint_at_end:
             self.save_checkpoint()
         summary = self.summary(status)
-        write_summary(self.run_dir, summary)
         self.runlog.close()
-        print_summary(summary, str(self.run_dir))
+        if main:
+            write_summary(self.run_dir, summary)
+            print_summary(summary, str(self.run_dir))
+        if status == "interrupted":
+            self.stop_requests.pass_on()  # in a SLURM job, submitit's handler requeues it now
         return summary
 
     def _train_epoch(self) -> None:
@@ -182,11 +221,12 @@ class Trainer:
                 # Counters move only once the step is done: a checkpoint never skips a batch.
                 self.step += 1
                 self.batch_in_epoch = position
-                self._after_step(loss, grad_norm, sum(len(b[1]) for b in group))
+                self._after_step(loss, grad_norm, sum(len(b[1]) for b in group) * self.world.size)
                 group = []
                 if self.step >= self.total_steps:
                     return
-                self.stop_requests.check()  # a stop signal takes effect here, between steps
+                # A stop signal takes effect here, between steps, on every rank at the same step.
+                self.stop_requests.check(distributed.any_rank)
         self.epoch += 1
         self.batch_in_epoch = 0
 
@@ -237,10 +277,10 @@ class Trainer:
             adaptive_clip_(self.agc_params, self.tc.clip_agc)
         grad_norm = None
         if self.tc.clip_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.tc.clip_norm, self.tc.clip_norm_type)
+            grad_norm = whole(torch.nn.utils.clip_grad_norm_(params, self.tc.clip_norm, self.tc.clip_norm_type))
             self._clipped += grad_norm > self.tc.clip_norm
         elif measure:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], self.tc.clip_norm_type)
+            grad_norm = whole(torch.nn.utils.get_total_norm([p.grad for p in params], self.tc.clip_norm_type))
         if self.tc.clip_value is not None:
             torch.nn.utils.clip_grad_value_(params, self.tc.clip_value)
         return grad_norm
@@ -259,8 +299,8 @@ class Trainer:
         self.scheduler.step()  # the clock counts the step even though no update was made
 
     def _gradient_sync(self, last: bool) -> Any:
-        """Where data-parallel training syncs gradients only on the micro-batch that steps."""
-        return nullcontext()
+        """Data-parallel training syncs gradients only on the micro-batch that steps."""
+        return nullcontext() if last else distributed.no_gradient_sync(self.parallel_model, self.strategy)
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:
@@ -311,6 +351,12 @@ class Trainer:
         elapsed = time.perf_counter() - self._interval_start
         self.train_time += elapsed
         steps = self.step - self._interval_first_step + 1
+        if self.strategy != "none":  # the mean over ranks, and the first bad step on any of them
+            distributed.all_reduce(self._loss_sum)
+            self._loss_sum /= self.world.size
+            unset = torch.where(self._first_nonfinite < 0, self.total_steps + 1, self._first_nonfinite)
+            first = distributed.all_reduce(unset, "min")
+            self._first_nonfinite = torch.where(first > self.total_steps, -1, first)
         loss = (self._loss_sum / self._loss_count).item() if self._loss_count else math.nan
         # `lr` is the rate that step number `self.step` used: the scheduler has moved on since.
         groups = self.optimizer.param_groups
@@ -358,7 +404,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Validation metrics of the model (and of its EMA, as `ema_<metric>`)."""
-        metrics = self._evaluate(self.forward_model)
+        metrics = self._evaluate(self.eval_model)
         if self.ema is not None:
             metrics.update({f"ema_{k}": v for k, v in self._evaluate(self.ema.module).items()})
         # Back to training mode here, once, rather than at every step: `train()` walks every
@@ -394,14 +440,20 @@ class Trainer:
                 for name, value in self.task.eval_sums(model, batch).items():
                     sums[name] = sums.get(name, 0) + value.double()
             count += len(batch[1])
-        return {name: (value / count).item() for name, value in sums.items()}
+        # With ranks: each evaluated its share; add up the sums and counts of all of them.
+        totals = distributed.all_reduce(torch.stack([*sums.values(), torch.tensor(count, dtype=torch.float64,
+                                                                                 device=self.device)]))
+        return {name: (value / totals[-1]).item() for name, value in zip(sums, totals)}
 
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs; with ranks, every rank must call it (it gathers). Under FSDP2
+        the model and optimizer state are not in it: `save_checkpoint` writes them sharded."""
+        sharded = self.strategy == "fsdp"
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": {} if sharded else self.model.state_dict(),
+            "optimizer": {} if sharded else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "progress": {
@@ -417,13 +469,18 @@ class Trainer:
             "rng": checkpoint.rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
+        if self.strategy != "none":  # each rank's own generators, in rank order
+            state["rng_ranks"] = distributed.gather_objects(state["rng"])
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "sharded" in state:  # FSDP2: the folder of shards that the checkpoint names
+            distributed.load_sharded(self.model, self.optimizer, Path(state["sharded"]))
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
@@ -435,14 +492,33 @@ class Trainer:
         self.skipped_steps = progress["skipped_steps"]
         self.best = dict(progress["best"])
         self.target_reached = dict(progress.get("target_reached", {}))
-        checkpoint.set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks", [])
+        checkpoint.set_rng_state(ranks[self.world.rank] if len(ranks) == self.world.size else state["rng"])
 
     def save_checkpoint(self) -> None:
-        checkpoint.save_atomic(self.state_dict(), self.run_dir / "checkpoints" / "last.pt")
+        folder = self.run_dir / "checkpoints"
+        state = self.state_dict()
+        if self.strategy == "fsdp":
+            state["sharded"] = distributed.save_sharded(self.model, self.optimizer, folder, self.step)
+        if self.world.is_main:
+            checkpoint.save_atomic(state, folder / "last.pt")
+            if self.strategy == "fsdp":  # keep the shards that last.pt and previous.pt name
+                keep = {state["sharded"], *self._sharded_of(folder / checkpoint.PREVIOUS)}
+                distributed.remove_unreferenced(folder, keep)
+
+    @staticmethod
+    def _sharded_of(path: Path) -> list[str]:
+        """The sharded folder that the checkpoint at `path` names, if it names one and loads."""
+        try:
+            return [checkpoint.load(path)["sharded"]] if path.exists() else []
+        except (ConfigError, KeyError):
+            return []
 
     def _save_best(self) -> None:
-        state = {"model": self.model.state_dict(), "progress": {"step": self.step, "best": dict(self.best)}}
-        checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "best.pt")
+        model_state = distributed.whole_model_state(self.model, self.strategy)
+        if self.world.is_main:
+            state = {"model": model_state, "progress": {"step": self.step, "best": dict(self.best)}}
+            checkpoint.save_atomic(state, self.run_dir / "checkpoints" / "best.pt")
 
     def _maybe_resume(self) -> Path | None:
         """Load the checkpoint that `trainer.resume` names; the path resumed from, if any."""
@@ -457,6 +533,8 @@ class Trainer:
         else:
             path = Path(self.tc.resume).expanduser()
             state = checkpoint.load(path)
+        if "sharded" in state:  # named relative to the checkpoint, so that a run folder can move
+            state["sharded"] = str(path.parent / state["sharded"])
         try:
             self.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError) as e:
@@ -486,7 +564,9 @@ class Trainer:
             "best": dict(self.best),
             "params": sum(p.numel() for p in self.model.parameters()),
             "optimizer_state_bytes": state_bytes,
-            "effective_batch_size": self.data.batch_size * self.tc.accumulation_steps,
+            "effective_batch_size": self.effective_batch,
+            "strategy": self.strategy,
+            "world_size": self.world.size if self.strategy != "none" else 1,
             "skipped_steps": self.skipped_steps,
             "device": str(self.device),
             "config": OmegaConf.to_container(self.cfg, resolve=True),

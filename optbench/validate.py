@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from optbench import distributed, lr_scaling
 from optbench.build import accepted, arguments, locate
 from optbench.errors import ConfigError
 from optbench.schema import TrainerConfig, check_value
@@ -56,6 +57,8 @@ def validate_config(cfg: DictConfig, preview: bool = False) -> list[str]:
     problems = check_trainer(cfg.trainer)
     for group in ("scheduler",) if preview else COMPONENTS:
         problems += check_component(group, cfg[group], COMPONENTS[group])
+    if not preview:
+        problems += lr_scaling.problems(cfg.optimizer) + distributed.problems(cfg)
     if not preview:
         for key, node in wrapped_optimizers(cfg.optimizer):
             problems += check_component(key, node, COMPONENTS["optimizer"])
@@ -132,6 +135,8 @@ def check_component(group: str, node: DictConfig, supplied: set[str]) -> list[st
     for key, value in kwargs.items():
         if isinstance(value, dict) and "_target_" in value:
             continue  # a wrapped optimizer: checked on its own (wrapped_optimizers)
+        if group == "optimizer" and key in lr_scaling.SETTINGS:
+            continue  # optbench's own settings, checked by lr_scaling.problems
         if names is not None and key not in names:
             allowed = sorted(names - supplied - {"self"})
             problems.append(

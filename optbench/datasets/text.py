@@ -99,14 +99,16 @@ def mask_tokens(x: torch.Tensor, generator: torch.Generator, mask_prob: float) -
 
 
 class MaskedText(InMemoryData):
-    """Text windows masked afresh for every batch, by a generator seeded from (seed, epoch, batch):
-    the masks, like the order, are a pure function of those, so a resumed run sees the same ones."""
+    """Text windows masked afresh for every batch, by a generator seeded from (seed, epoch, batch)
+    and the rank: the masks, like the order, are a pure function of those, so a resumed run sees the
+    same ones, and the ranks of a data-parallel run draw independent masks for their shares."""
 
     mask_prob: float = 0.15
 
     def train_batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Batch]:
         for i, (x, _) in enumerate(super().train_batches(seed, epoch, start), start):
-            generator = torch.Generator(x.device).manual_seed((seed * 100_003 + epoch) * 1_000_003 + i)
+            batch_seed = (seed * 100_003 + epoch) * 1_000_003 + i
+            generator = torch.Generator(x.device).manual_seed(batch_seed + self.rank * 2**40)
             yield mask_tokens(x, generator, self.mask_prob)
 
 

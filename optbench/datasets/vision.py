@@ -16,7 +16,7 @@ from typing import Literal, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from optbench.data import DataSpec, count_batches, epoch_generator
+from optbench.data import DataSpec, count_batches, epoch_generator, shard
 from optbench.errors import ConfigError
 from optbench.schema import NonNegativeInt, PositiveInt
 from optbench.tasks import Batch, Classification
@@ -38,6 +38,11 @@ class LoaderData:
         self.task = Classification(target)
         self.device = torch.device("cpu")
         self.memory_format = torch.contiguous_format
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Read only rank `rank`'s share of every batch (`data.batch_size` stays the global batch)."""
+        self.rank, self.world_size = rank, world_size
 
     def to(self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> LoaderData:
         """Batches go to `device` as they are read (the data sets stay on disk)."""
@@ -51,18 +56,19 @@ class LoaderData:
     @property
     def batches_per_epoch(self) -> int:
         # Large-batch recipes drop the short last batch (it would be one odd optimizer step).
-        return count_batches(self.num_train, self.batch_size, self.drop_last)
+        return count_batches(self.num_train, self.batch_size, self.drop_last, self.world_size)
 
     def train_batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Batch]:
         generator = epoch_generator(seed, epoch)
-        order = torch.randperm(self.num_train, generator=generator).tolist()
-        batches = [order[i * self.batch_size : (i + 1) * self.batch_size]
+        order = torch.randperm(self.num_train, generator=generator)
+        batches = [shard(order[i * self.batch_size : (i + 1) * self.batch_size], self.rank, self.world_size).tolist()
                    for i in range(start, self.batches_per_epoch)]
         yield from self._read(self.train, batches, generator)
 
     def val_batches(self) -> Iterator[Batch]:
         indices = list(range(len(self.val)))  # type: ignore[arg-type]
-        batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        batches = [indices[i + self.rank : i + self.batch_size : self.world_size]
+                   for i in range(0, len(indices), self.batch_size)]
         yield from self._read(self.val, batches, torch.Generator().manual_seed(0))
 
     def _read(self, dataset: Dataset, batches: list[list[int]], generator: torch.Generator) -> Iterator[Batch]:
