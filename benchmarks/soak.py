@@ -63,6 +63,8 @@ def one_run(index: int, fault: str, rng: random.Random, root: Path) -> tuple[str
         resumed.communicate()
     final = status(run_dir)
     if fault in ("kill", "sigterm"):
+        if not (run_dir / "metrics.jsonl").exists():
+            return fault, f"WRONG: {final}, no metrics.jsonl after {attempts} resumes"
         steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                  if '"split": "train"' in line]
         if steps != sorted(set(steps)) or len(steps) != 40:
