@@ -63,14 +63,14 @@ def run(args: list[str], rerun_hint: bool = True) -> int:
     if not any(a.split("=")[0] in INFO_FLAGS for a in args):
         try:
             first = validate_overrides(split_overrides(args), multirun)
-            # Under torchrun every rank takes rank 0's run (and sweep) folder.
+            if multirun and distributed.world().size > 1:
+                raise ConfigError(
+                    "-m under torchrun: a sweep's jobs are launched one data-parallel run at a time by "
+                    "a launcher (hydra/launcher=slurm with tasks_per_node); run `optbench run -m` "
+                    "without torchrun, or torchrun one configuration per command.")
+            # Under torchrun every rank takes rank 0's run folder.
             args += distributed.shared_output_overrides(first)
             if multirun:  # the sweep folder and its index, fixed before Hydra launches a job
-                if distributed.world().size > 1:
-                    raise ConfigError(
-                        "-m under torchrun: a sweep's jobs are launched one data-parallel run at a time by "
-                        "a launcher (hydra/launcher=slurm with tasks_per_node); run `optbench run -m` "
-                        "without torchrun, or torchrun one configuration per command.")
                 args, sweep_dir = sweep.prepare(args, split_overrides(args), first)
         except ConfigError as e:
             print(e.render(), file=sys.stderr)

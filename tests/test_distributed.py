@@ -121,6 +121,7 @@ def test_fsdp2_trains_like_ddp_resumes_exactly_from_sharded_checkpoints(worker):
     (TORCHRUN_ENV, ["data.batch_size=128"], "data.batch_size=128: not divisible by the world size 3"),
     (TORCHRUN_ENV, ["trainer.strategy=none"], "trainer.strategy=none: torchrun started 3 processes"),
     (TORCHRUN_ENV, ["trainer.strategy=fsdp", "data.batch_size=126", "trainer.ema.decay=0.9"], "trainer.ema.decay"),
+    (TORCHRUN_ENV, ["-m", "optimizer=sgd,adamw", "data.batch_size=126"], "-m under torchrun: a sweep's jobs"),
     ({}, ["optimizer.lr_scaling=cubic"], "optimizer.lr_scaling='cubic': must be one of 'linear', 'sqrt' or null"),
     ({}, ["optimizer.reference_batch=0"], "optimizer.reference_batch=0: must be an integer >= 1"),
 ])
