@@ -50,7 +50,8 @@ def optimizer_node(name: str, lr: float | None = None, toy: bool = False):
     if name.endswith("8bit") and importlib.util.find_spec("bitsandbytes") is None:
         pytest.skip("bitsandbytes is not installed (pip install 'bitsandbytes>=0.50')")
     node = OmegaConf.create(OmegaConf.to_container(compose([f"optimizer={name}", *EXTRA.get(name, [])]).optimizer))
-    for sub in [node, *(v for v in node.values() if OmegaConf.is_dict(v))]:
+    # The optimizer and any optimizer nested in it (Lookahead's inner one); not its `_search` space.
+    for sub in [node, *(v for v in node.values() if OmegaConf.is_dict(v) and "_target_" in v)]:
         if str(sub._target_).startswith("optbench.optim.") and "fused" in _params(sub._target_):
             sub.fused = False
         if toy:

@@ -286,3 +286,35 @@ def test_trick_bad_input(workdir, args, key):
     assert result.returncode == 2, result.stderr
     assert key in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- compile, channels_last
+
+def same_weights_after_a_few_steps(tmp_path, common: list[str], extra: str) -> None:
+    eager = make(common, tmp_path / "eager")
+    eager.fit()
+    other = make([*common, extra], tmp_path / "other")
+    assert other.fit()["status"] == "completed"
+    for (name, want), got in zip(eager.model.state_dict().items(), other.model.state_dict().values()):
+        assert torch.allclose(got.float(), want.float(), rtol=1e-4, atol=1e-5), name
+
+
+def test_compiled_model_trains_like_the_eager_one(tmp_path):
+    """trainer.compile changes how the model runs, not what it learns (float32 reassociation only)."""
+    same_weights_after_a_few_steps(tmp_path, ["data.batch_size=32", "optimizer=momentum", "scheduler=constant",
+                                              "trainer.max_steps=3", "trainer.eval_every=3"], "trainer.compile=true")
+
+
+def test_channels_last_trains_like_contiguous(tmp_path):
+    """Convolutions in channels-last memory format: the weights are stored that way and training
+    follows the contiguous run. (Weights are not compared: on 8x8 digits, ResNet-20's 2x2 last stage
+    makes batch-norm gradients cancel, so other conv kernels' rounding shows in them at 1e-2.)"""
+    common = ["model=resnet", "data.batch_size=128", "optimizer=momentum", "optimizer.lr=0.01", "scheduler=constant",
+              "trainer.max_steps=6", "trainer.eval_every=6", "trainer.log_every=6"]
+    contiguous = make(common, tmp_path / "contiguous").fit()
+    trainer = make([*common, "trainer.channels_last=true"], tmp_path / "channels_last")
+    assert trainer.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    summary = trainer.fit()
+    assert summary["status"] == "completed"
+    for key in ("train/loss", "val/loss"):
+        assert summary["final"][key] == pytest.approx(contiguous["final"][key], rel=1e-2), key
