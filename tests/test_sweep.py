@@ -3,6 +3,7 @@ nothing that has a result, a stopped sweep resumes, and every job shows in Tenso
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -224,3 +225,17 @@ def test_search_intervals_are_validated_at_both_ends():
     validate_overrides(["optimizer.lr=interval(1e-4, 0.1)", "trainer.max_steps=2"], multirun=True)
     with pytest.raises(ConfigError, match="optimizer.lr"):
         validate_overrides(["optimizer.lr=interval(-1, 0.1)", "trainer.max_steps=2"], multirun=True)
+
+
+def test_report_on_the_sweep_shows_every_job_and_its_failure(failed_sweep, tmp_path):
+    from optbench.cli import main
+
+    _, _, _, sweep_dir = failed_sweep
+    out = tmp_path / "report"
+    assert main(["report", str(sweep_dir), "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert sorted(row["status"] for row in rows) == ["completed", "completed", "completed", "failed"]
+    assert {"model.dropout", "trainer.seed"} <= set(rows[0])
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (out / "report.html").read_text()
+    assert html.count("<table") >= 1 and "data:image/png;base64," in html and "failed" in html
