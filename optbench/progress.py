@@ -23,6 +23,9 @@ class ProgressBar:
             TimeRemainingColumn(),
             console=console,
             disable=not enabled,
+            # Redrawn at log steps only: a refresh thread would take the GIL and a core from
+            # training 10 times a second.
+            auto_refresh=False,
         )
         self._task = self._progress.add_task("train", total=total_steps, completed=start_step, status="")
 
@@ -37,7 +40,7 @@ class ProgressBar:
         status = f"epoch {epoch:.2f}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.3g}"
         if "samples_per_s" in metrics:
             status += f"  {metrics['samples_per_s']:,.0f} samples/s"
-        self._progress.update(self._task, completed=step, status=status)
+        self._progress.update(self._task, completed=step, status=status, refresh=True)
 
 
 def print_summary(summary: dict[str, Any], run_dir: str) -> None:
