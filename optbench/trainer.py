@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from optbench import checkpoint, distributed
 from optbench.build import build_data, build_model, build_optimizer, build_scheduler, run_length
 from optbench.clipping import adaptive_clip_
 from optbench.data import Batch
 from optbench.diagnostics import Diagnostics
+from optbench.ema import WeightEMA
 from optbench.errors import ConfigError
 from optbench.lr_scaling import scaled_optimizer
 from optbench.memory import PeakMemory
@@ -99,10 +99,9 @@ class Trainer:
         self.total_steps, self.steps_per_epoch = run_length(self.tc, self.data)
         self.lr_scaling_note = ""  # what optimizer.lr_scaling did to the LR, for the log
         self.optimizer, self.scheduler = self.build_optimization()
-        self.ema = None
+        self.ema: WeightEMA | None = None
         if self.tc.ema.decay is not None:
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.tc.ema.decay),
-                                     use_buffers=True)
+            self.ema = WeightEMA(self.model, self.tc.ema.decay)
 
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
         self.autocast_dtype = AUTOCAST_DTYPES.get(self.tc.precision)
@@ -116,7 +115,7 @@ class Trainer:
         self.diagnostics = Diagnostics(self.model, self.optimizer, self.tc.diagnostics_every)
         # A compiled model is not watched op by op (the watch would break its graphs), nor a
         # distributed one (its collectives and FSDP2's sharded tensors are not plain storages).
-        self.memory = PeakMemory(self.device, [self.model] + ([self.ema] if self.ema is not None else []),
+        self.memory = PeakMemory(self.device, [self.model] + ([self.ema.module] if self.ema is not None else []),
                                  self.optimizers(), watch=not self.tc.compile and self.strategy == "none")
 
         # Progress counters: everything a resume needs to continue at the same batch.
@@ -264,7 +263,7 @@ class Trainer:
         if hasattr(self.optimizer, "wants_hessian") and self.optimizer.wants_hessian(self.step + 1):
             self.optimizer.update_hessian(self.model, micro_batches[-1][0])
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            self.ema.update()
         self.step_lrs = [g["lr"] for g in self.optimizer.param_groups]  # the rates this step used
         self.step_momenta = cycled_momenta(self.scheduler)  # [] unless the schedule cycles momentum
         self.scheduler.step()  # once per optimizer step: schedules count optimizer steps

@@ -188,6 +188,34 @@ def test_every_group_lr_is_logged(tmp_path):
 
 # --------------------------------------------------------------------------- EMA, diagnostics
 
+def test_weight_ema_equals_torchs_averaged_model():
+    """WeightEMA against torch.optim.swa_utils.AveragedModel with the EMA average, buffers included."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from optbench.ema import WeightEMA
+    from optbench.models import ResNet
+
+    torch.manual_seed(0)
+    model = ResNet(input_shape=(1, 8, 8), num_classes=10, depth=20)
+    ours = WeightEMA(model, 0.9)
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(5):
+        model(torch.randn(16, 1, 8, 8)).square().mean().backward()  # train mode: BN statistics move too
+        optimizer.step()
+        optimizer.zero_grad()
+        ours.update()
+        reference.update_parameters(model)
+    for (name, got), want in zip(ours.module.state_dict().items(), reference.module.state_dict().values()):
+        if got.is_floating_point():  # batch norm's step counter follows the model (torch's keeps its first)
+            assert torch.equal(got, want), name
+    assert ours.module.stem[1].num_batches_tracked == model.stem[1].num_batches_tracked == 5
+    restored = WeightEMA(model, 0.9)
+    restored.load_state_dict(ours.state_dict())
+    assert restored.updates == 5
+    assert all(torch.equal(a, b) for a, b in zip(restored.module.state_dict().values(), ours.module.state_dict().values()))
+
+
 def test_ema_is_evaluated_beside_the_weights_and_checkpointed(tmp_path):
     summary = make([*TINY[:3], "trainer.ema.decay=0.9"], tmp_path).fit()
     assert {"val/ema_acc", "val/ema_loss"} <= summary["final"].keys()
