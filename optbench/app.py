@@ -63,6 +63,14 @@ def run(args: list[str], rerun_hint: bool = True) -> int:
     if not any(a.split("=")[0] in INFO_FLAGS for a in args):
         try:
             first = validate_overrides(split_overrides(args), multirun)
+            devices = distributed.devices_to_start(first)
+            if devices > 1 and multirun:
+                raise ConfigError(
+                    f"trainer.devices={devices} with -m: a sweep's jobs run one data-parallel run at a time "
+                    f"through a launcher (hydra/launcher=slurm with tasks_per_node); run the sweep with "
+                    f"trainer.devices=1, or one configuration per command.")
+            if devices > 1:  # checked here, once: the ranks then start with a valid configuration
+                return distributed.launch(devices, args)
             if multirun and distributed.world().size > 1:
                 raise ConfigError(
                     "-m under torchrun: a sweep's jobs are launched one data-parallel run at a time by "

@@ -64,29 +64,39 @@ def resolve_strategy(strategy: str) -> str:
     return strategy
 
 
+def devices_to_start(cfg: DictConfig) -> int:
+    """Processes that optbench itself starts for this run (`trainer.devices`); 1 under torchrun,
+    which has started them already."""
+    devices = cfg.trainer.get("devices", 1)
+    return devices if isinstance(devices, int) and devices > 1 and world().size == 1 else 1
+
+
 def problems(cfg: DictConfig) -> list[str]:
-    """What cannot run with `trainer.strategy` in this process's environment (empty: all can)."""
+    """What cannot run with `trainer.strategy` in this process's environment, or in the
+    `trainer.devices` processes optbench would start (empty: all can)."""
     strategy = str(cfg.trainer.get("strategy", "auto"))
     if strategy not in STRATEGIES:
         return []  # the trainer schema reports it
     here = world()
+    starting = devices_to_start(cfg)
+    size, source = (starting, "trainer.devices") if starting > 1 else (here.size, "torchrun's WORLD_SIZE")
     missing = [name for name in TORCHRUN_VARS if name not in os.environ]
-    if strategy in ("ddp", "fsdp") and missing:
-        return [f"trainer.strategy={strategy}: needs the processes and environment that torchrun starts "
-                f"({', '.join(missing)} not set). Run `torchrun --nproc_per_node=N -m optbench run ...`, "
+    if strategy in ("ddp", "fsdp") and missing and starting == 1:
+        return [f"trainer.strategy={strategy}: needs several processes: set trainer.devices=N (optbench starts "
+                f"them), or run `torchrun --nproc_per_node=N -m optbench run ...` ({', '.join(missing)} not set); "
                 f"or use trainer.strategy=none (or auto) for one process."]
     found = []
-    if strategy == "none" and here.size > 1:
-        found.append(f"trainer.strategy=none: torchrun started {here.size} processes, which would each train "
-                     f"alone into the same folder; use trainer.strategy=auto, ddp or fsdp.")
-    resolved = resolve_strategy(strategy)
+    if strategy == "none" and size > 1:
+        found.append(f"trainer.strategy=none: {size} processes ({source}) would each train alone into the "
+                     f"same folder; use trainer.strategy=auto, ddp or fsdp.")
+    resolved = strategy if strategy != "auto" else ("ddp" if size > 1 else "none")
     batch = cfg.data.get("batch_size")
-    if resolved != "none" and isinstance(batch, int) and batch % here.size:
-        below = batch - batch % here.size
-        near = " or ".join(str(b) for b in (below, below + here.size) if b > 0)
-        found.append(f"data.batch_size={batch}: not divisible by the world size {here.size} (torchrun's "
-                     f"WORLD_SIZE); data.batch_size is the global batch and each process reads an equal "
-                     f"share. Choose a multiple of {here.size}, such as {near}.")
+    if resolved != "none" and isinstance(batch, int) and batch % size:
+        below = batch - batch % size
+        near = " or ".join(str(b) for b in (below, below + size) if b > 0)
+        found.append(f"data.batch_size={batch}: not divisible by the world size {size} ({source}); "
+                     f"data.batch_size is the global batch and each process reads an equal "
+                     f"share. Choose a multiple of {size}, such as {near}.")
     if resolved == "none":
         return found
     if cfg.get("gan") is not None:
@@ -109,6 +119,32 @@ def _needs_hessian(node: DictConfig) -> bool:
         return hasattr(locate(str(node._target_)), "update_hessian")
     except Exception:  # a bad _target_ is reported by the component check
         return False
+
+
+def launch(devices: int, args: list[str]) -> int:
+    """`optbench run ARGS` in `devices` processes on this machine, started by torchrun (standalone:
+    a free port of its own); torchrun's exit status. Stop signals sent to this process reach the
+    run: torchrun passes them on to every rank, which checkpoint and stop."""
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
+               "-m", "optbench", "run", *args]
+    process = subprocess.Popen(command)
+
+    def forward(signum: int, _frame: Any) -> None:
+        process.send_signal(signum)
+
+    # Ctrl-C reaches the whole process group already: this process only waits for the others.
+    handlers = {signal.SIGTERM: forward, signal.SIGUSR1: forward, signal.SIGUSR2: forward,
+                signal.SIGINT: lambda *_: None}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def init_process_group() -> None:

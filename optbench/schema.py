@@ -135,6 +135,9 @@ class TrainerConfig:
     """`bf16` autocasts; `16` autocasts and scales the loss (CUDA)."""
     accumulation_steps: PositiveInt = 1
     """Micro-batches per optimizer step."""
+    devices: PositiveInt = 1
+    """Processes to train with on this machine: above 1, optbench checks the config once and then
+    starts them with torchrun (one per GPU, or CPU processes), as `torchrun --nproc_per_node=N` would."""
     strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     """How processes started by torchrun share the work: `ddp` (a copy of the model on each),
     `fsdp` (FSDP2: parameters sharded); `auto` is ddp under torchrun, else `none` (one process)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_metrics, read_summary, run_dirs
+from conftest import read_metrics, read_summary, run_cli, run_dirs
 from optbench.checkpoint import load
 from optbench.cli import main
 from optbench.config import job_config
@@ -116,10 +116,13 @@ def test_fsdp2_trains_like_ddp_resumes_exactly_from_sharded_checkpoints(worker):
 
 
 @pytest.mark.parametrize("env, overrides, message", [
-    ({}, ["trainer.strategy=ddp"], "trainer.strategy=ddp: needs the processes and environment that torchrun starts"),
-    ({}, ["trainer.strategy=fsdp"], "trainer.strategy=fsdp: needs the processes"),
+    ({}, ["trainer.strategy=ddp"], "trainer.strategy=ddp: needs several processes: set trainer.devices=N"),
+    ({}, ["trainer.devices=3", "data.batch_size=128"], "data.batch_size=128: not divisible by the world size 3 (trainer.devices)"),
+    ({}, ["trainer.devices=2", "trainer.strategy=none"], "trainer.strategy=none: 2 processes (trainer.devices)"),
+    ({}, ["-m", "trainer.devices=2", "optimizer=sgd,adamw"], "trainer.devices=2 with -m"),
+    ({}, ["trainer.strategy=fsdp"], "trainer.strategy=fsdp: needs several processes"),
     (TORCHRUN_ENV, ["data.batch_size=128"], "data.batch_size=128: not divisible by the world size 3"),
-    (TORCHRUN_ENV, ["trainer.strategy=none"], "trainer.strategy=none: torchrun started 3 processes"),
+    (TORCHRUN_ENV, ["trainer.strategy=none"], "trainer.strategy=none: 3 processes (torchrun's WORLD_SIZE)"),
     (TORCHRUN_ENV, ["trainer.strategy=fsdp", "data.batch_size=126", "trainer.ema.decay=0.9"], "trainer.ema.decay"),
     (TORCHRUN_ENV, ["-m", "optimizer=sgd,adamw", "data.batch_size=126"], "-m under torchrun: a sweep's jobs"),
     ({}, ["optimizer.lr_scaling=cubic"], "optimizer.lr_scaling='cubic': must be one of 'linear', 'sqrt' or null"),
@@ -135,6 +138,17 @@ def test_bad_distributed_input_is_refused(env, overrides, message, tmp_path, mon
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_devices_start_the_ranks_after_one_check(tmp_path):
+    """`trainer.devices=2`: optbench checks the config, then starts 2 processes with torchrun."""
+    done = run_cli("run", *COMMON, "trainer.max_steps=4", "trainer.devices=2", cwd=tmp_path,
+                   env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    (folder,) = run_dirs(tmp_path / "outputs")
+    summary = read_summary(folder)
+    assert summary["status"] == "completed" and summary["steps"] == 4
+    assert summary["world_size"] == 2 and summary["strategy"] == "ddp"
 
 
 def test_lr_scaling_sets_the_optimizers_lr_for_the_effective_batch(tmp_path):
