@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 
@@ -83,72 +84,25 @@ def list_options(args: list[str]) -> int:
     return 0
 
 
-def _run(args: list[str]) -> int:
-    from optbench.app import run
+def _lazy(module: str, function: str = "main") -> Callable[[list[str]], int]:
+    """The command `optbench.<module>.<function>(args)`, imported only when it runs (torch with it)."""
 
-    return run(args)
-
-
-def _check(args: list[str]) -> int:
-    from optbench.app import check
-
-    return check(args)
-
-
-def _not_yet(name: str) -> Callable[[list[str]], int]:
     def command(args: list[str]) -> int:
-        print(f"optbench {name}: not yet available in optbench {__version__}.", file=sys.stderr)
-        return 1
+        return getattr(importlib.import_module(f"optbench.{module}"), function)(args)
 
     return command
 
 
-def _schedules(args: list[str]) -> int:
-    from optbench.schedule_plot import main as schedules
-
-    return schedules(args)
-
-
-def _report(args: list[str]) -> int:
-    from optbench.report import main as report
-
-    return report(args)
-
-
-def _lr_find(args: list[str]) -> int:
-    from optbench.lr_find import main as lr_find
-
-    return lr_find(args)
-
-
-def _toy(args: list[str]) -> int:
-    from optbench.toy import main as toy
-
-    return toy(args)
-
-
-def _compare(args: list[str]) -> int:
-    from optbench.compare import main as compare
-
-    return compare(args)
-
-
-def _bench(args: list[str]) -> int:
-    from optbench.bench import main as bench
-
-    return bench(args)
-
-
 HANDLERS: dict[str, Callable[[list[str]], int]] = {
-    "run": _run,
-    "check": _check,
+    "run": _lazy("app", "run"),
+    "check": _lazy("app", "check"),
     "list": list_options,
-    "schedules": _schedules,
-    "bench": _bench,
-    "report": _report,
-    "lr-find": _lr_find,
-    "toy": _toy,
-    "compare": _compare,
+    "schedules": _lazy("schedule_plot"),
+    "bench": _lazy("bench"),
+    "report": _lazy("report"),
+    "lr-find": _lazy("lr_find"),
+    "toy": _lazy("toy"),
+    "compare": _lazy("compare"),
 }
 
 
@@ -165,5 +119,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"optbench: error: unknown command {command!r}. Commands: {', '.join(COMMANDS)}.",
               file=sys.stderr)
         return 2
-    handler = HANDLERS.get(command, _not_yet(command))
-    return handler(rest)
+    return HANDLERS[command](rest)

@@ -29,6 +29,12 @@ def test_help_lists_every_contract_command(workdir):
         assert f"  {command} " in result.stdout
 
 
+def test_every_listed_command_has_a_handler():
+    from optbench.cli import COMMANDS, HANDLERS
+
+    assert set(HANDLERS) == set(COMMANDS)
+
+
 def test_list_shows_each_option_with_its_description(workdir):
     result = run_cli("list", "optimizers", cwd=workdir)
     assert result.returncode == 0
