@@ -57,10 +57,11 @@ def world() -> World:
     return World(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
 
 
-def resolve_strategy(strategy: str) -> str:
-    """`none`, `ddp` or `fsdp`: `auto` is DDP when torchrun started more than one process."""
+def resolve_strategy(strategy: str, processes: int | None = None) -> str:
+    """`none`, `ddp` or `fsdp`: `auto` is DDP when the run has more than one process (torchrun's,
+    unless `processes` says how many there will be)."""
     if strategy == "auto":
-        return "ddp" if world().size > 1 else "none"
+        return "ddp" if (processes or world().size) > 1 else "none"
     return strategy
 
 
@@ -89,7 +90,7 @@ def problems(cfg: DictConfig) -> list[str]:
     if strategy == "none" and size > 1:
         found.append(f"trainer.strategy=none: {size} processes ({source}) would each train alone into the "
                      f"same folder; use trainer.strategy=auto, ddp or fsdp.")
-    resolved = strategy if strategy != "auto" else ("ddp" if size > 1 else "none")
+    resolved = resolve_strategy(strategy, size)
     batch = cfg.data.get("batch_size")
     if resolved != "none" and isinstance(batch, int) and batch % size:
         below = batch - batch % size
