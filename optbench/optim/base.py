@@ -113,6 +113,14 @@ class FusableOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             group.setdefault("fused", None)
 
+    def zero_state(self, p: Tensor, *names: str) -> dict[str, Tensor]:
+        """The state of parameter `p`, with the tensors `names` created as zeros on its first step."""
+        state = self.state[p]
+        if len(state) == 0:
+            for name in names:
+                state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
     def groups_to_step(self) -> Iterator[tuple[dict[str, Any], list[Tensor]]]:
         """Each parameter group with its parameters that have a gradient this step; groups
         without any are left out."""

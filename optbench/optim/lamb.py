@@ -60,12 +60,10 @@ class Lamb(FusableOptimizer):
         loss = evaluate_closure(closure)
         for group, params in self.groups_to_step():
             beta1, beta2 = group["betas"]
-            states = [self.state[p] for p in params]
-            for p, state in zip(params, states):
-                if len(state) == 0:
+            states = [self.zero_state(p, "exp_avg", "exp_avg_sq") for p in params]
+            for state in states:
+                if "step" not in state:
                     state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
             steps = [state["step"].item() for state in states]
             updates = _kernel(group["fused"], params, [p.grad for p in params],

@@ -57,13 +57,11 @@ class Lars(FusableOptimizer):
     def step(self, closure: Any = None) -> Any:
         loss = evaluate_closure(closure)
         for group, params in self.groups_to_step():
-            for p in params:
-                # A zero buffer makes the first step v = λ(g + βw), as torch's SGD starts it.
-                if len(self.state[p]) == 0:
-                    self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            # A zero buffer makes the first step v = λ(g + βw), as torch's SGD starts it.
+            buffers = [self.zero_state(p, "momentum_buffer")["momentum_buffer"] for p in params]
             grads = [p.grad for p in params]
             # Norms outside the kernel: ATen's multi-threaded reductions beat compiled ones on CPU.
-            _kernel(group["fused"], params, grads, [self.state[p]["momentum_buffer"] for p in params],
+            _kernel(group["fused"], params, grads, buffers,
                     list(torch._foreach_norm(params)), list(torch._foreach_norm(grads)),
                     lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
                     trust_coefficient=group["trust_coefficient"], eps=group["eps"])

@@ -50,11 +50,8 @@ class Lion(FusableOptimizer):
     def step(self, closure: Any = None) -> Any:
         loss = evaluate_closure(closure)
         for group, params in self.groups_to_step():
-            for p in params:
-                if len(self.state[p]) == 0:
-                    self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             beta1, beta2 = group["betas"]
             _kernel(group["fused"], params, [p.grad for p in params],
-                    [self.state[p]["exp_avg"] for p in params],
+                    [self.zero_state(p, "exp_avg")["exp_avg"] for p in params],
                     lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"])
         return loss

@@ -62,11 +62,7 @@ class SophiaG(FusableOptimizer):
         self.hessian_interval = hessian_interval
 
     def _state(self, p: Tensor) -> dict[str, Tensor]:
-        state = self.state[p]
-        if len(state) == 0:
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["hessian"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
+        return self.zero_state(p, "exp_avg", "hessian")
 
     def wants_hessian(self, step: int) -> bool:
         """Whether the Hessian estimate is due after optimizer step number `step` (counted from 1)."""
