@@ -53,8 +53,8 @@ def run(args: list[str], rerun_hint: bool = True) -> int:
         extra = [o for o in smoke.expand(overrides) if o not in overrides]
         # Before the user's first override (theirs win), after flags such as -m: Hydra's parser
         # takes the overrides as one run of arguments.
-        first = next((i for i, a in enumerate(args) if a in overrides), len(args))
-        args = [*args[:first], *extra, *args[first:]]
+        at = next((i for i, a in enumerate(args) if a in overrides), len(args))
+        args = [*args[:at], *extra, *args[at:]]
     except ConfigError as e:
         print(e.render(), file=sys.stderr)
         return 2
