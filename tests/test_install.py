@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -27,6 +28,8 @@ def test_wheel_carries_configs_and_runs_from_any_directory(tmp_path):
     assert (site / "optbench" / "_configs" / "train.yaml").is_file()
     assert (site / "optbench" / "_configs" / "optimizer" / "adamw.yaml").is_file()
     assert (site / "optbench" / "_recipes" / "digits_resnet20.yaml").is_file()
+    assert (site / "optbench" / "optim" / "kernels.c").is_file()  # LAMB's and LARS's C kernels
+    assert (site / "optbench" / "optim" / "kernels_step.h").is_file()
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -34,6 +37,10 @@ def test_wheel_carries_configs_and_runs_from_any_directory(tmp_path):
     where = subprocess.run([sys.executable, "-c", "import optbench.paths as p; print(p.configs_dir())"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
     assert Path(where.stdout.strip()) == site / "optbench" / "_configs"
+    if shutil.which(os.environ.get("CC", "cc")):  # the installed sources build into the cache folder
+        subprocess.run([sys.executable, "-c", "from optbench.optim import native; assert native.library()"],
+                       cwd=elsewhere, env={**env, "OPTBENCH_CACHE": str(tmp_path / "cache")}, check=True)
+        assert len(list((tmp_path / "cache").glob("kernels-*.so"))) == 1
 
     result = subprocess.run(
         [sys.executable, "-m", "optbench", "run", "recipe=digits_resnet20", *TINY],

@@ -1,11 +1,16 @@
-"""The compiled (fused) path of each optimizer against its plain per-tensor path, in float64."""
+"""Each optimizer's fast paths against its plain per-tensor path: the torch.compile path of all
+four, and optbench's C kernels of LAMB and LARS (float64 to 1e-12, float32 on threads)."""
 
 from __future__ import annotations
+
+import logging
+import os
+import shutil
 
 import pytest
 import torch
 
-from optbench.optim import Lamb, Lars, Lion, SophiaG
+from optbench.optim import Lamb, Lars, Lion, SophiaG, native
 from optim_helpers import clone_params, make_params, run_side_by_side
 
 OPTIMIZERS = {
@@ -16,12 +21,12 @@ OPTIMIZERS = {
 }
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_fused_matches_plain(name):
+def side_by_side_with_plain(name: str) -> float:
+    """The largest parameter difference between fused=None and fused=False over 50 steps."""
     plain_p = make_params()
     fused_p = clone_params(plain_p)
     plain = OPTIMIZERS[name](plain_p, False)
-    fused = OPTIMIZERS[name](fused_p, True)
+    fused = OPTIMIZERS[name](fused_p, None)
     if name == "sophia":  # a nonzero Hessian estimate, the same for both
         for opt, params in ((plain, plain_p), (fused, fused_p)):
             for p in params:
@@ -32,7 +37,79 @@ def test_fused_matches_plain(name):
             for group in opt.param_groups:
                 group["lr"] *= 0.97
 
-    assert run_side_by_side(fused, fused_p, plain, plain_p, steps=50, after_step=change_lr) <= 1e-12
+    return run_side_by_side(fused, fused_p, plain, plain_p, steps=50, after_step=change_lr)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_compiled_matches_plain(name, monkeypatch):
+    monkeypatch.setattr(native, "library", lambda: None)  # LAMB and LARS too take torch.compile's path
+    assert side_by_side_with_plain(name) <= 1e-12
+
+
+@pytest.fixture
+def kernels():
+    """optbench's C kernels; a machine without a C compiler skips, one with a compiler must build them."""
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler ($CC or cc): LAMB and LARS take their torch.compile path")
+    assert native.library() is not None, "a C compiler is here, but optbench's kernels did not build"
+
+
+@pytest.mark.parametrize("name", ["lamb", "lars"])
+def test_c_kernel_matches_plain(name, kernels):
+    assert native.usable(None, [make_params()])
+    assert side_by_side_with_plain(name) <= 1e-12
+
+
+@pytest.mark.parametrize("name", ["lamb", "lars"])
+def test_c_kernel_float32_on_threads_and_channels_last(name, kernels):
+    """Tensors large enough to be split across threads, a channels-last conv filter, a zero bias
+    (trust ratio 1): float32 against the plain path, 20 steps."""
+    gen = torch.Generator().manual_seed(0)
+    made = [torch.randn(300, 1000, generator=gen),
+            torch.randn(64, 32, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last),
+            torch.zeros(1000)]
+    fast_p = [t.clone().requires_grad_() for t in made]
+    plain_p = [t.clone().requires_grad_() for t in made]
+    fast, plain = OPTIMIZERS[name](fast_p, None), OPTIMIZERS[name](plain_p, False)
+    for _ in range(20):
+        grads = [torch.randn(t.shape, generator=gen) for t in made]
+        grads[1] = grads[1].contiguous(memory_format=torch.channels_last)  # as autograd lays it out
+        for params in (fast_p, plain_p):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+        assert native.usable(None, [fast_p, [p.grad for p in fast_p]])
+        version = fast_p[0]._version
+        fast.step()
+        plain.step()
+        assert fast_p[0]._version > version  # autograd sees the in-place write
+    for fast_t, plain_t in zip(fast_p, plain_p):
+        torch.testing.assert_close(fast_t, plain_t, rtol=1e-5, atol=1e-5 * plain_t.abs().max().item())
+    assert not torch.equal(fast_p[2], made[2])  # the zero bias moved
+
+
+def test_c_kernels_leave_what_they_cannot_step(kernels):
+    matrix = torch.randn(4, 3)
+    assert native.usable(None, [[matrix], [torch.randn(4, 3)]])
+    assert not native.usable(False, [[matrix], [torch.randn(4, 3)]])  # fused=False: the plain path
+    assert not native.usable(None, [[matrix.t()], [torch.randn(3, 4)]])  # a transposed view
+    assert not native.usable(None, [[matrix], [torch.randn(3, 4).t()]])  # a gradient laid out otherwise
+    assert not native.usable(None, [[matrix.half()], [torch.randn(4, 3).half()]])  # no float16 kernel
+    assert not native.usable(None, [[matrix[:, :2]], [torch.randn(4, 2)]])  # strided, not dense
+
+
+def test_c_kernels_fall_back_without_a_compiler(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("OPTBENCH_CACHE", str(tmp_path / "cache"))
+    native.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="optbench"):
+            assert native.library() is None
+            assert not native.usable(None, [make_params()])
+            assert side_by_side_with_plain("lars") <= 1e-12  # torch.compile's path steps instead
+    finally:
+        native.library.cache_clear()  # the next test builds with the real compiler again
+    assert "C kernels for LAMB and LARS could not be built" in caplog.text
+    assert not list((tmp_path / "cache").glob("*.so"))
 
 
 def test_fused_falls_back_when_compiling_fails(monkeypatch, caplog):

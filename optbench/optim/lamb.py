@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from optbench.optim import native
 from optbench.optim.base import (
     FusableOptimizer,
     StepKernel,
@@ -45,7 +46,8 @@ class Lamb(FusableOptimizer):
 
     The weight decay is decoupled from the moments (as in the paper) and included in the update
     whose norm the trust ratio uses. State: `step`, `exp_avg`, `exp_avg_sq` (8 bytes per parameter).
-    `fused`: run the update compiled by torch.compile (None: when a compiler works here).
+    `fused`: on the CPU, run optbench's C kernel (`optbench.optim.native`); elsewhere, or where it
+    cannot be built, the update compiled by torch.compile. None: each where it works here.
     """
 
     def __init__(self, params: Any, lr: NonNegativeFloat = 1e-3,
@@ -66,10 +68,17 @@ class Lamb(FusableOptimizer):
                     state["step"] = torch.tensor(0.0)
                 state["step"] += 1
             steps = [state["step"].item() for state in states]
-            updates = _kernel(group["fused"], params, [p.grad for p in params],
-                              [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states],
-                              [1 - beta1**t for t in steps], [1 - beta2**t for t in steps],
-                              beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+            grads = [p.grad for p in params]
+            exp_avgs = [state["exp_avg"] for state in states]
+            exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+            bias_corrections1, bias_corrections2 = [1 - beta1**t for t in steps], [1 - beta2**t for t in steps]
+            hyper = dict(beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+            if native.usable(group["fused"], [params, grads, exp_avgs, exp_avg_sqs]):
+                native.lamb_step(params, grads, exp_avgs, exp_avg_sqs, bias_corrections1, bias_corrections2,
+                                 lr=group["lr"], **hyper)
+                continue
+            updates = _kernel(group["fused"], params, grads, exp_avgs, exp_avg_sqs,
+                              bias_corrections1, bias_corrections2, **hyper)
             # x ← x − η ‖x‖/‖u‖ · u; the norms outside the kernel (ATen's reductions are faster).
             ratios = trust_ratio(torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(updates)))
             torch._foreach_addcmul_(params, updates, list((-group["lr"] * ratios).unbind()))

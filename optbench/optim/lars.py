@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from optbench.optim import native
 from optbench.optim.base import (
     FusableOptimizer,
     StepKernel,
@@ -40,7 +41,8 @@ class Lars(FusableOptimizer):
 
     `trust_coefficient` is the paper's η; weight decay is the paper's L2 term β, inside the ratio.
     State: `momentum_buffer` (4 bytes per parameter).
-    `fused`: run the update compiled by torch.compile (None: when a compiler works here).
+    `fused`: on the CPU, run optbench's C kernel (`optbench.optim.native`); elsewhere, or where it
+    cannot be built, the update compiled by torch.compile. None: each where it works here.
     """
 
     def __init__(self, params: Any, lr: NonNegativeFloat = 1.0, momentum: Fraction = 0.9,
@@ -60,9 +62,12 @@ class Lars(FusableOptimizer):
             # A zero buffer makes the first step v = λ(g + βw), as torch's SGD starts it.
             buffers = [self.zero_state(p, "momentum_buffer")["momentum_buffer"] for p in params]
             grads = [p.grad for p in params]
+            hyper = dict(lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
+                         trust_coefficient=group["trust_coefficient"], eps=group["eps"])
+            if native.usable(group["fused"], [params, grads, buffers]):
+                native.lars_step(params, grads, buffers, **hyper)
+                continue
             # Norms outside the kernel: ATen's multi-threaded reductions beat compiled ones on CPU.
             _kernel(group["fused"], params, grads, buffers,
-                    list(torch._foreach_norm(params)), list(torch._foreach_norm(grads)),
-                    lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
-                    trust_coefficient=group["trust_coefficient"], eps=group["eps"])
+                    list(torch._foreach_norm(params)), list(torch._foreach_norm(grads)), **hyper)
         return loss

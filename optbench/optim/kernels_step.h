@@ -1,0 +1,77 @@
+/* LAMB's and LARS's steps for one element type; included by kernels.c with `real` and `NAME` set.
+ * Each takes `count` tensors as arrays of pointers with their `sizes`; all are dense, and a
+ * parameter's gradient and state tensors have its layout. */
+
+/* LAMB (optbench/optim/lamb.py): for each tensor
+ *   m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g²,  u = (m / bc1) / (√(v / bc2) + ε) + λ p
+ * with u written to `scratch` (as large as the largest tensor) while Σp² and Σu² are reduced;
+ * then p ← p − lr · trust_ratio(‖p‖, ‖u‖) · u. */
+void NAME(lamb_step)(int64_t count, real *const *params, const real *const *grads, real *const *exp_avgs,
+                     real *const *exp_avg_sqs, const int64_t *sizes, const double *bias_corrections1,
+                     const double *bias_corrections2, real *scratch, double lr, double beta1,
+                     double beta2, double eps, double weight_decay, int threads) {
+    const real b1 = beta1, b2 = beta2, a1 = 1.0 - beta1, a2 = 1.0 - beta2, e = eps, wd = weight_decay;
+    for (int64_t k = 0; k < count; k++) {
+        real *restrict p = params[k], *restrict m = exp_avgs[k], *restrict v = exp_avg_sqs[k];
+        const real *restrict g = grads[k];
+        real *restrict u = scratch;
+        const int64_t n = sizes[k];
+        /* multiplying by the reciprocals is cheaper than dividing by bc1 and √bc2 */
+        const real c1 = 1.0 / bias_corrections1[k], c2 = 1.0 / sqrt(bias_corrections2[k]);
+        double param_sq = 0.0, update_sq = 0.0;
+        #pragma omp parallel for num_threads(threads) if(n >= PARALLEL_MIN) \
+            reduction(+:param_sq, update_sq) schedule(static)
+        for (int64_t start = 0; start < n; start += BLOCK) {
+            const int64_t end = block_end(start, n);
+            real block_p = 0, block_u = 0;
+            #pragma omp simd reduction(+:block_p, block_u)
+            for (int64_t i = start; i < end; i++) {
+                m[i] = m[i] * b1 + g[i] * a1;
+                v[i] = v[i] * b2 + g[i] * g[i] * a2;
+                u[i] = m[i] * c1 / (sqrt_real(v[i]) * c2 + e) + wd * p[i];
+                block_p += p[i] * p[i];
+                block_u += u[i] * u[i];
+            }
+            param_sq += block_p;
+            update_sq += block_u;
+        }
+        const real step = -lr * trust_ratio(sqrt(param_sq), sqrt(update_sq), 1.0);
+        #pragma omp parallel for simd num_threads(threads) if(n >= PARALLEL_MIN) schedule(static)
+        for (int64_t i = 0; i < n; i++)
+            p[i] += u[i] * step;
+    }
+}
+
+/* LARS (optbench/optim/lars.py): for each tensor, ‖w‖ and ‖g‖ in one pass, then
+ *   λ = trust_ratio(‖w‖, ‖g‖ + β‖w‖ + ε, η),  v ← m v + λ (g + β w),  w ← w − γ v. */
+void NAME(lars_step)(int64_t count, real *const *params, const real *const *grads,
+                     real *const *momentum_buffers, const int64_t *sizes, double lr, double momentum,
+                     double weight_decay, double trust_coefficient, double eps, int threads) {
+    const real mu = momentum, wd = weight_decay, gamma = lr;
+    for (int64_t k = 0; k < count; k++) {
+        real *restrict w = params[k], *restrict buf = momentum_buffers[k];
+        const real *restrict g = grads[k];
+        const int64_t n = sizes[k];
+        double param_sq = 0.0, grad_sq = 0.0;
+        #pragma omp parallel for num_threads(threads) if(n >= PARALLEL_MIN) \
+            reduction(+:param_sq, grad_sq) schedule(static)
+        for (int64_t start = 0; start < n; start += BLOCK) {
+            const int64_t end = block_end(start, n);
+            real block_w = 0, block_g = 0;
+            #pragma omp simd reduction(+:block_w, block_g)
+            for (int64_t i = start; i < end; i++) {
+                block_w += w[i] * w[i];
+                block_g += g[i] * g[i];
+            }
+            param_sq += block_w;
+            grad_sq += block_g;
+        }
+        const double w_norm = sqrt(param_sq);
+        const real local_lr = trust_ratio(w_norm, sqrt(grad_sq) + weight_decay * w_norm + eps, trust_coefficient);
+        #pragma omp parallel for simd num_threads(threads) if(n >= PARALLEL_MIN) schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            buf[i] = buf[i] * mu + local_lr * (g[i] + wd * w[i]);
+            w[i] -= gamma * buf[i];
+        }
+    }
+}
