@@ -103,13 +103,15 @@ def usable(fused: bool | None, tensor_lists: Sequence[Sequence[Tensor]]) -> bool
         return False
     params = tensor_lists[0]
     dtype = params[0].dtype
+    if dtype not in DTYPES or not all(_dense(p) for p in params):
+        return False
     for tensors in tensor_lists:
         for t, p in zip(tensors, params, strict=True):
             # exact types: a tensor subclass (a DTensor shard under FSDP) has no plain data pointer
             if (type(t) not in (Tensor, torch.nn.Parameter) or t.device.type != "cpu" or t.dtype != dtype
-                    or t.stride() != p.stride() or not _dense(t)):
+                    or t.stride() != p.stride()):
                 return False
-    return dtype in DTYPES and library() is not None
+    return library() is not None
 
 
 def _dense(t: Tensor) -> bool:
