@@ -28,7 +28,7 @@ def test_wheel_carries_configs_and_runs_from_any_directory(tmp_path):
     assert (site / "optbench" / "_configs" / "train.yaml").is_file()
     assert (site / "optbench" / "_configs" / "optimizer" / "adamw.yaml").is_file()
     assert (site / "optbench" / "_recipes" / "digits_resnet20.yaml").is_file()
-    assert (site / "optbench" / "optim" / "kernels.c").is_file()  # LAMB's and LARS's C kernels
+    assert (site / "optbench" / "optim" / "kernels.c").is_file()  # LAMB's, LARS's and Lion's C kernels
     assert (site / "optbench" / "optim" / "kernels_step.h").is_file()
 
     elsewhere = tmp_path / "elsewhere"

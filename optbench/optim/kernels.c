@@ -1,9 +1,10 @@
-/* optbench's CPU kernels for LAMB and LARS, built by optbench/optim/native.py on first use.
+/* optbench's CPU kernels for LAMB, LARS and Lion, built by optbench/optim/native.py on first use.
  *
- * Both optimizers scale each tensor's step by a trust ratio made of that tensor's norms, so a step
+ * LAMB and LARS scale each tensor's step by a trust ratio made of that tensor's norms, so a step
  * needs two passes over each tensor: one that reduces the norms, then one that applies the step.
  * torch's ops take a pass per operation and torch.compile's reductions are slow on the CPU; here
- * each pass is one vectorised loop over memory, split across torch's OpenMP threads.
+ * each pass is one vectorised loop over memory, split across torch's OpenMP threads. Lion's step
+ * is one such pass.
  *
  * The arithmetic is written for one element type `real` in kernels_step.h, included twice below
  * (float32 and float64). The kernels are tested against the optimizers' plain per-tensor paths

@@ -1,4 +1,4 @@
-/* LAMB's and LARS's steps for one element type; included by kernels.c with `real` and `NAME` set.
+/* LAMB's, LARS's and Lion's steps for one element type; included by kernels.c with `real` and `NAME` set.
  * Each takes `count` tensors as arrays of pointers with their `sizes`; all are dense, and a
  * parameter's gradient and state tensors have its layout. */
 
@@ -72,6 +72,28 @@ void NAME(lars_step)(int64_t count, real *const *params, const real *const *grad
         for (int64_t i = 0; i < n; i++) {
             buf[i] = buf[i] * mu + local_lr * (g[i] + wd * w[i]);
             w[i] -= gamma * buf[i];
+        }
+    }
+}
+
+/* Lion (optbench/optim/lion.py): for each tensor, in one pass,
+ *   c = β1 m + (1−β1) g,  p ← p (1 − lr λ) − lr sign(c),  m ← β2 m + (1−β2) g.
+ * sign(NaN) is 0, as torch.sign's on the CPU (the plain path's): the weight holds, the momentum is NaN. */
+void NAME(lion_step)(int64_t count, real *const *params, const real *const *grads, real *const *exp_avgs,
+                     const int64_t *sizes, double lr, double beta1, double beta2, double weight_decay,
+                     int threads) {
+    const real b1 = beta1, b2 = beta2, a1 = 1.0 - beta1, a2 = 1.0 - beta2;
+    const real decay = 1.0 - lr * weight_decay, eta = lr;
+    for (int64_t k = 0; k < count; k++) {
+        real *restrict p = params[k], *restrict m = exp_avgs[k];
+        const real *restrict g = grads[k];
+        const int64_t n = sizes[k];
+        #pragma omp parallel for simd num_threads(threads) if(n >= PARALLEL_MIN) schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            const real c = m[i] * b1 + g[i] * a1;
+            const real sign = (c > 0) - (c < 0);
+            p[i] = p[i] * decay - eta * sign;
+            m[i] = m[i] * b2 + g[i] * a2;
         }
     }
 }

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from optbench.optim import native
 from optbench.optim.base import (
     FusableOptimizer,
     StepKernel,
@@ -36,7 +37,8 @@ class Lion(FusableOptimizer):
     """Lion (Chen et al. 2023). Use an LR 3-10x smaller and a weight decay 3-10x larger than AdamW's.
 
     State: `exp_avg` only (4 bytes per parameter in float32), half of Adam's.
-    `fused`: run the update compiled by torch.compile (None: when a compiler works here).
+    `fused`: on the CPU, run optbench's C kernel (`optbench.optim.native`); elsewhere, or where it
+    cannot be built, the update compiled by torch.compile. None: each where it works here.
     """
 
     def __init__(self, params: Any, lr: NonNegativeFloat = 1e-4,
@@ -51,7 +53,11 @@ class Lion(FusableOptimizer):
         loss = evaluate_closure(closure)
         for group, params in self.groups_to_step():
             beta1, beta2 = group["betas"]
-            _kernel(group["fused"], params, [p.grad for p in params],
-                    [self.zero_state(p, "exp_avg")["exp_avg"] for p in params],
-                    lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"])
+            grads = [p.grad for p in params]
+            exp_avgs = [self.zero_state(p, "exp_avg")["exp_avg"] for p in params]
+            hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"])
+            if native.usable(group["fused"], [params, grads, exp_avgs]):
+                native.lion_step(params, grads, exp_avgs, **hyper)
+            else:
+                _kernel(group["fused"], params, grads, exp_avgs, **hyper)
         return loss

@@ -1,10 +1,10 @@
-"""optbench's C kernels for LAMB and LARS on the CPU (kernels.c), compiled on first use.
+"""optbench's C kernels for LAMB, LARS and Lion on the CPU (kernels.c), compiled on first use.
 
 LAMB's and LARS's trust ratios need each tensor's norms before its step can be applied, so their
 step is two passes over each tensor. Built from torch's ops it takes one pass per op, and
 torch.compile's reductions run at half the speed of its element-wise loops on the CPU (measured
 with `optbench bench`: LAMB at 4.1x fused AdamW's step, LARS at 2.2x fused SGD's). kernels.c does
-each pass as one vectorised loop.
+each pass as one vectorised loop. Lion's one pass is 10% faster there than torch.compile's.
 
 The source is compiled once per machine with the C compiler (`$CC`, else `cc`) and OpenMP into
 optbench's cache folder (`$OPTBENCH_CACHE`, else `$XDG_CACHE_HOME/optbench`, else
@@ -43,6 +43,8 @@ SIGNATURES = {
     # count, params, grads, momentum_buffers, sizes, lr, momentum, weight_decay,
     # trust_coefficient, eps, threads
     "lars_step": [_I64, _P, _P, _P, _P, _F64, _F64, _F64, _F64, _F64, _INT],
+    # count, params, grads, exp_avgs, sizes, lr, beta1, beta2, weight_decay, threads
+    "lion_step": [_I64, _P, _P, _P, _P, _F64, _F64, _F64, _F64, _INT],
 }
 
 
@@ -59,7 +61,7 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_build()))
     except (OSError, subprocess.SubprocessError) as e:
         reason = getattr(e, "stderr", None) or str(e)
-        log.warning("optbench's C kernels for LAMB and LARS could not be built (%s); they take their "
+        log.warning("optbench's C kernels for LAMB, LARS and Lion could not be built (%s); they take their "
                     "torch.compile or plain path", reason.strip().splitlines()[0] if reason.strip() else e)
         return None
     for name, argtypes in SIGNATURES.items():
@@ -137,6 +139,15 @@ def lars_step(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[
     _function("lars_step", params)(
         len(params), _pointers(params), _pointers(grads), _pointers(momentum_buffers), _sizes(params),
         lr, momentum, weight_decay, trust_coefficient, eps, torch.get_num_threads())
+    torch.autograd.graph.increment_version(params)
+
+
+def lion_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *,
+              lr: float, beta1: float, beta2: float, weight_decay: float) -> None:
+    """One Lion step in place (see kernels_step.h); `usable` must have said yes."""
+    _function("lion_step", params)(
+        len(params), _pointers(params), _pointers(grads), _pointers(exp_avgs), _sizes(params),
+        lr, beta1, beta2, weight_decay, torch.get_num_threads())
     torch.autograd.graph.increment_version(params)
 
 
