@@ -45,7 +45,8 @@ class Lamb(FusableOptimizer):
     """LAMB (You et al. 2019): AdamW whose step is rescaled to ‖x‖/‖update‖ for each tensor.
 
     The weight decay is decoupled from the moments (as in the paper) and included in the update
-    whose norm the trust ratio uses. State: `step`, `exp_avg`, `exp_avg_sq` (8 bytes per parameter).
+    whose norm the trust ratio uses. State: `step`, `exp_avg`, `exp_avg_sq` (8 bytes per parameter);
+    the C kernel also keeps a buffer as large as the largest parameter.
     `fused`: on the CPU, run optbench's C kernel (`optbench.optim.native`); elsewhere, or where it
     cannot be built, the update compiled by torch.compile. None: each where it works here.
     """
@@ -75,7 +76,7 @@ class Lamb(FusableOptimizer):
             hyper = dict(beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
             if native.usable(group["fused"], [params, grads, exp_avgs, exp_avg_sqs]):
                 native.lamb_step(params, grads, exp_avgs, exp_avg_sqs, bias_corrections1, bias_corrections2,
-                                 lr=group["lr"], **hyper)
+                                 self._update_buffer(params), lr=group["lr"], **hyper)
                 continue
             updates = _kernel(group["fused"], params, grads, exp_avgs, exp_avg_sqs,
                               bias_corrections1, bias_corrections2, **hyper)
@@ -83,3 +84,12 @@ class Lamb(FusableOptimizer):
             ratios = trust_ratio(torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(updates)))
             torch._foreach_addcmul_(params, updates, list((-group["lr"] * ratios).unbind()))
         return loss
+
+    def _update_buffer(self, params: list[Tensor]) -> Tensor:
+        """Room for one tensor's update u in the C kernel, kept between steps (not state): a fresh
+        buffer each step costs page faults, 1.4x fused AdamW's step instead of 1.2x."""
+        size, dtype = max(p.numel() for p in params), params[0].dtype
+        buffer = getattr(self, "_buffer", None)  # absent after unpickling
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            buffer = self._buffer = torch.empty(size, dtype=dtype)
+        return buffer

@@ -122,10 +122,13 @@ def _dense(t: Tensor) -> bool:
 
 
 def lamb_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-              bias_corrections1: list[float], bias_corrections2: list[float], *,
+              bias_corrections1: list[float], bias_corrections2: list[float], scratch: Tensor, *,
               lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
-    """One LAMB step in place (see kernels_step.h); `usable` must have said yes."""
-    scratch = torch.empty(max(p.numel() for p in params), dtype=params[0].dtype)
+    """One LAMB step in place (see kernels_step.h); `usable` must have said yes. `scratch`: a
+    contiguous buffer of the parameters' dtype with room for the largest one."""
+    if not (scratch.is_contiguous() and scratch.dtype == params[0].dtype
+            and scratch.numel() >= max(p.numel() for p in params)):  # the kernel writes through it
+        raise ValueError("lamb_step: scratch must be contiguous, of the parameters' dtype, and as large as the largest")
     _function("lamb_step", params)(
         len(params), _pointers(params), _pointers(grads), _pointers(exp_avgs), _pointers(exp_avg_sqs),
         _sizes(params), _doubles(bias_corrections1), _doubles(bias_corrections2), scratch.data_ptr(),
