@@ -34,6 +34,7 @@ HERE = Path(__file__).parent
 SOURCES = ("kernels.c", "kernels_step.h")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 _P, _I64, _F64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 SIGNATURES = {
@@ -101,17 +102,15 @@ def usable(fused: bool | None, tensor_lists: Sequence[Sequence[Tensor]]) -> bool
     """Whether the kernels can step these tensors: `fused` is not False, they are dense CPU
     tensors of one dtype the kernels have, each laid out like its parameter (the first list), and
     the kernels build here."""
-    if fused is False:
-        return False
     params = tensor_lists[0]
     dtype = params[0].dtype
-    if dtype not in DTYPES or not all(_dense(p) for p in params):
+    if fused is False or dtype not in DTYPES or not all(_dense(p) for p in params):
         return False
+    strides = [p.stride() for p in params]
     for tensors in tensor_lists:
-        for t, p in zip(tensors, params, strict=True):
+        for t, stride in zip(tensors, strides, strict=True):
             # exact types: a tensor subclass (a DTensor shard under FSDP) has no plain data pointer
-            if (type(t) not in (Tensor, torch.nn.Parameter) or t.device.type != "cpu" or t.dtype != dtype
-                    or t.stride() != p.stride()):
+            if type(t) not in PLAIN_TYPES or not t.is_cpu or t.dtype != dtype or t.stride() != stride:
                 return False
     return library() is not None
 
