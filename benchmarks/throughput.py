@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
-from optbench.build import arguments, build_param_groups, locate
+from optbench.build import build_optimizer
 from optbench.config import job_config
-from optbench.gan import GANTrainer, trainer_class
+from optbench.gan_trainer import GANTrainer, trainer_class
 from optbench.trainer import Trainer
 
 WORKLOADS = {
@@ -54,8 +54,7 @@ def optimizer_like(
 ) -> tuple[torch.optim.Optimizer, LambdaLR]:
     """The configured optimizer class, settings and parameter groups, and the trainer's LR
     multiplier in a LambdaLR."""
-    kwargs = arguments(node)
-    optimizer = locate(node._target_)(build_param_groups(trainer.cfg.params, net, kwargs.get("lr")), **kwargs)
+    optimizer = build_optimizer(node, net, trainer.cfg.params)  # the run's own builder: same groups and settings
     return optimizer, LambdaLR(optimizer, scheduler.lr_lambdas[0])
 
 
@@ -80,7 +79,7 @@ def plain(trainer: Trainer, steps: int) -> float:
     model = copy.deepcopy(trainer.model).train()
     if isinstance(trainer, GANTrainer):
         g_opt, g_sched = optimizer_like(trainer, trainer.cfg.gan.g, model.generator, trainer.scheduler)
-        d_opt, d_sched = optimizer_like(trainer, trainer.cfg.gan.d, model.discriminator, trainer.d_scheduler)
+        d_opt, d_sched = optimizer_like(trainer, trainer.cfg.gan.d, model.discriminator, trainer.d_update.scheduler)
         start = time.perf_counter()
         for real, _ in batches(trainer, steps):
             ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)

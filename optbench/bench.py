@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optbench.commands.common import reports_bad_input
 from optbench.errors import ConfigError
 
 USAGE = """usage: optbench bench [optimizers=NAME,...] [params=N] [width=N] [repeats=N] [warmup=N]
@@ -104,13 +105,6 @@ def parameter_set(total: int, width: int) -> list[Any]:
     return params
 
 
-def state_bytes(optimizer: Any) -> int:
-    import torch
-
-    return sum(t.numel() * t.element_size() for s in optimizer.state.values()
-               for t in s.values() if isinstance(t, torch.Tensor))
-
-
 def candidates(names: list[str], params: list[Any]) -> list[Candidate]:
     import torch
 
@@ -144,10 +138,12 @@ def candidates(names: list[str], params: list[Any]) -> list[Candidate]:
 
 
 def measure(found: list[Candidate], warmup: int, repeats: int) -> None:
+    from optbench.optim.wrapping import state_bytes
+
     for c in found:
         for _ in range(warmup):
             c.optimizer.step()
-        c.state_bytes = state_bytes(c.optimizer)
+        c.state_bytes = state_bytes(c.optimizer)  # through wrappers, without creating state
     for _ in range(repeats):
         for c in found:
             start = time.perf_counter()
@@ -183,21 +179,18 @@ def print_table(table: list[dict[str, Any]], title: str) -> None:
     Console().print(view)
 
 
+@reports_bad_input
 def main(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0
-    try:
-        settings, names, csv_path = parse(args)
-        from optbench.paths import configs_dir
+    from optbench.paths import configs_dir
 
-        available = sorted(p.stem for p in (configs_dir() / "optimizer").glob("*.yaml"))
-        unknown = [n for n in names or [] if n not in available]
-        if unknown:
-            raise ConfigError(f"optimizers={unknown[0]}: no such optimizer. Available: {', '.join(available)}.")
-    except ConfigError as e:
-        print(e.render(), file=sys.stderr)
-        return 2
+    settings, names, csv_path = parse(args)
+    available = sorted(p.stem for p in (configs_dir() / "optimizer").glob("*.yaml"))
+    unknown = [n for n in names or [] if n not in available]
+    if unknown:
+        raise ConfigError(f"optimizers={unknown[0]}: no such optimizer. Available: {', '.join(available)}.")
 
     import torch
 

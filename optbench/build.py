@@ -1,7 +1,8 @@
 """Building the run's components from their config nodes (`_target_` plus arguments).
 
 Every group works the same way: `_target_` names any importable callable and the other keys are
-its keyword arguments. Keys starting with `_` are optbench's own settings, not arguments.
+its keyword arguments. Keys starting with `_` are optbench's own settings, not arguments, and so
+are the optimizer's `LR_SCALING_KEYS`.
 Context that a component needs from the run (the data's shape, the model's parameters, the number
 of optimizer steps) is passed in by name when its signature asks for it.
 """
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
 
     from optbench.data import InMemoryData
     from optbench.schedules import Schedule
+
+
+# Optimizer keys that are optbench's own (batch-size-aware LR, `optbench.lr_scaling`), never
+# constructor arguments. Here, not there, so that building needs nothing of the scaling.
+LR_SCALING_KEYS = ("lr_scaling", "reference_batch")
 
 
 def locate(target: str) -> Any:
@@ -62,6 +68,12 @@ def accepted(obj: Any) -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params}
+
+
+def default_argument(target: str, name: str) -> Any:
+    """The default value of argument `name` of what `target` names; None when it has none."""
+    param = inspect.signature(locate(target)).parameters.get(name)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 def call_with_context(obj: Any, kwargs: dict[str, Any], context: dict[str, Any]) -> Any:
@@ -111,17 +123,35 @@ def build_param_groups(node: DictConfig, model: torch.nn.Module, lr: float | Non
     return groups
 
 
+def inner_components(node: DictConfig) -> dict[str, DictConfig]:
+    """The keys of a component's config whose values are components themselves (Lookahead's `inner`)."""
+    return {str(k): v for k, v in node.items() if isinstance(v, DictConfig) and "_target_" in v}
+
+
+def nested_components(node: DictConfig, key: str) -> list[tuple[str, DictConfig]]:
+    """(key, node) of every component nested in `node` at any depth (`optimizer.inner`, ...)."""
+    return [found for name, inner in inner_components(node).items()
+            for found in [(f"{key}.{name}", inner), *nested_components(inner, f"{key}.{name}")]]
+
+
 def lr_holder(node: DictConfig) -> DictConfig:
     """The optimizer config that holds the LR: `node` itself, or the optimizer it wraps (Lookahead)."""
     if "lr" in node:
         return node
-    inner = [v for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
+    inner = list(inner_components(node).values())
     return lr_holder(inner[0]) if inner else node
 
 
 def base_lr(node: DictConfig) -> float | None:
-    """The configured LR: the optimizer's own, or that of the optimizer it wraps (Lookahead)."""
-    return lr_holder(node).get("lr")
+    """The LR that an optimizer config sets, before `optimizer.lr_scaling` (the run's base LR is
+    `optbench.lr_scaling.scaled_lr`): the optimizer's own `lr`, or that of the optimizer it wraps
+    (Lookahead's `inner`), or else its class's default `lr`; None for an optimizer without one.
+    Muon's `lr` is its base LR; `adamw_lr` is an LR of its own for the other parameters."""
+    holder = lr_holder(node)
+    if "lr" in holder:
+        return holder.lr
+    default = default_argument(holder._target_, "lr")
+    return float(default) if isinstance(default, (int, float)) else None  # not torch's `required` marker
 
 
 def build_optimizer(node: DictConfig, model: torch.nn.Module, params: DictConfig) -> torch.optim.Optimizer:
@@ -134,12 +164,9 @@ def optimizer_from(node: DictConfig, params: Any) -> torch.optim.Optimizer:
     A key whose value is itself a component (Lookahead's `inner`) is built first, over the same
     parameters, and passed as that argument: a wrapper gets the optimizer it wraps.
     """
-    from optbench.lr_scaling import SETTINGS
-
-    kwargs = {k: v for k, v in arguments(node).items() if k not in SETTINGS}  # optbench's, not the class's
-    for key, value in node.items():
-        if isinstance(value, DictConfig) and "_target_" in value:
-            kwargs[str(key)] = optimizer_from(value, params)
+    kwargs = {k: v for k, v in arguments(node).items() if k not in LR_SCALING_KEYS}  # optbench's, not the class's
+    for key, inner in inner_components(node).items():
+        kwargs[key] = optimizer_from(inner, params)
     return call_with_context(locate(node._target_), kwargs, {"params": params})
 
 
@@ -161,18 +188,21 @@ def build_schedule(
 
 
 def build_scheduler(
-    node: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int | None
+    node: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int | None,
+    base_lr: float | None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A scheduler stepped once per optimizer step.
 
     optbench's schedules are LR multipliers (`optbench.schedules.Schedule`), wrapped in one
     `ScheduledLR` (a LambdaLR) so that every parameter group keeps its own base LR. Any torch
     scheduler class works too and gets the optimizer (and `total_steps` where it asks for it).
+    `base_lr` is the run's base LR (`optbench.lr_scaling.scaled_lr`), of which floors given as LRs
+    are fractions (None: the optimizer has no LR).
     """
     if is_schedule(node):
         from optbench.scheduled_lr import ScheduledLR
 
-        schedule = build_schedule(node, total_steps, steps_per_epoch, optimizer.defaults.get("lr"))
+        schedule = build_schedule(node, total_steps, steps_per_epoch, base_lr)
         return ScheduledLR(optimizer, schedule)
     context = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     context = {k: v for k, v in context.items() if v is not None}
@@ -180,14 +210,15 @@ def build_scheduler(
 
 
 def stand_in_scheduler(
-    cfg: DictConfig, total_steps: int, steps_per_epoch: int | None
+    optimizer: DictConfig, scheduler: DictConfig, total_steps: int, steps_per_epoch: int | None
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """The configured scheduler on the configured optimizer over a stand-in parameter (no model)."""
+    """The scheduler `scheduler` on the optimizer `optimizer` (a config scaled for the run's batch:
+    `optbench.lr_scaling.scaled_optimizer`) over a stand-in parameter (no model)."""
     import torch
 
     stand_in = [{"name": "all", "params": list(torch.nn.Linear(1, 1).parameters())}]
-    optimizer = optimizer_from(cfg.optimizer, stand_in)
-    return build_scheduler(cfg.scheduler, optimizer, total_steps, steps_per_epoch)
+    return build_scheduler(scheduler, optimizer_from(optimizer, stand_in), total_steps, steps_per_epoch,
+                           base_lr(optimizer))
 
 
 def run_length(tc: TrainerConfig, data: InMemoryData | None) -> tuple[int, int | None]:

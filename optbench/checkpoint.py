@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from optbench.errors import ConfigError
+from optbench.run_folder import LAST, PREVIOUS, RunFolder
 
 log = logging.getLogger("optbench")
-
-PREVIOUS = "previous.pt"  # the checkpoint that the newest one replaced
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -64,7 +64,7 @@ def load(path: Path, key: str = "trainer.resume") -> dict[str, Any]:
 def newest_complete(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint in `folder` that loads (`last.pt`, else `previous.pt`), and its state."""
     problems = []
-    for name in ("last.pt", PREVIOUS):
+    for name in (LAST, PREVIOUS):
         path = folder / name
         if not path.exists():
             continue
@@ -76,6 +76,45 @@ def newest_complete(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     if problems:
         raise ConfigError(f"trainer.resume=auto: no complete checkpoint in {folder}: " + " ".join(problems))
     return None
+
+
+def find_resume(resume: str | None, folder: RunFolder) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint that `trainer.resume` names, and its state; None to start afresh."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = newest_complete(folder.checkpoints)
+        if found is None:
+            log.info("trainer.resume=auto: no checkpoint in %s, starting afresh", folder.path)
+            return None
+        path, state = found
+    else:
+        path = Path(resume).expanduser()
+        state = load(path)
+    if "sharded" in state:  # named relative to the checkpoint, so that a run folder can move
+        state["sharded"] = str(path.parent / state["sharded"])
+    return path, state
+
+
+def sharded_folders(path: Path) -> list[str]:
+    """The folder of FSDP2 shards that the checkpoint at `path` names, if it names one and loads."""
+    try:
+        return [load(path)["sharded"]] if path.exists() else []
+    except (ConfigError, KeyError):
+        return []
+
+
+def config_differences(saved: dict[str, Any], cfg: DictConfig) -> str:
+    """`: it differs in model.depth (20 -> 32), ...` between a checkpoint's config and `cfg`."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(current, dict)
+    changed = []
+    for group in ("model", "data", "optimizer", "params", "scheduler"):
+        old, new = saved.get(group, {}), current.get(group, {})
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                changed.append(f"{group}.{key} ({old.get(key)} -> {new.get(key)})")
+    return f": it differs in {', '.join(changed[:6])}" if changed else ""
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""The `optbench` command. Only the standard library is imported here, so that `--help` and
-`list` answer at once; each subcommand imports what it needs (torch included) when it runs."""
+"""The `optbench` command. Only the standard library and optbench's light command helpers are
+imported here, so that `--help` and `list` answer at once; each subcommand imports what it needs
+(torch included) when it runs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 from collections.abc import Callable
 
 from optbench import __version__
+from optbench.commands.common import reports_bad_input
+from optbench.errors import ConfigError
 
 USAGE = """usage: optbench COMMAND [OVERRIDES...]
 
@@ -60,6 +63,7 @@ def _usage() -> str:
     return USAGE.format(commands=lines)
 
 
+@reports_bad_input
 def list_options(args: list[str]) -> int:
     from optbench.paths import configs_dir, describe, recipes_dir
 
@@ -71,8 +75,7 @@ def list_options(args: list[str]) -> int:
     unknown = [t for t in topics if t not in LIST_TOPICS]
     if unknown:
         topics_text = ", ".join([*LIST_TOPICS, "param-groups"])
-        print(f"optbench: error: list {unknown[0]}: no such topic. Choose from: {topics_text}.", file=sys.stderr)
-        return 2
+        raise ConfigError(f"list {unknown[0]}: no such topic. Choose from: {topics_text}.")
     for topic in topics:
         group = LIST_TOPICS[topic]
         folder = recipes_dir() if group == "recipe" else configs_dir() / group
@@ -106,6 +109,7 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
+@reports_bad_input
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -116,7 +120,5 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        print(f"optbench: error: unknown command {command!r}. Commands: {', '.join(COMMANDS)}.",
-              file=sys.stderr)
-        return 2
+        raise ConfigError(f"unknown command {command!r}. Commands: {', '.join(COMMANDS)}.")
     return HANDLERS[command](rest)

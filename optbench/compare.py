@@ -27,12 +27,12 @@ import math
 import statistics
 import sys
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from optbench.commands.common import is_hydra_setting, override_key, reports_bad_input, timestamped_output
 from optbench.errors import ConfigError
 from optbench.runs import SEED_KEY, Run, Target, find_runs
 
@@ -126,7 +126,7 @@ def plan_search(optimizers: list[str], common: list[str], budget: dict[str, int]
         if not spaces[name]:
             raise ConfigError(f"optimizer={name}: declares no search space ({SEARCH_KEY}: in its YAML, "
                               f"e.g. lr: {{low: 1.0e-4, high: 1.0e-1, log: true}}), so it cannot get a search budget.")
-    given = {override.split("=", 1)[0].lstrip("+~") for override in common}
+    given = {override_key(override) for override in common}
     problems = [f"{key}: searched by compare for optimizer={name} ({SEARCH_KEY}); remove it from the command."
                 for name, dims in spaces.items() for key in (f"optimizer.{d.key}" for d in dims) if key in given]
     if problems:
@@ -145,18 +145,15 @@ def plan_search(optimizers: list[str], common: list[str], budget: dict[str, int]
             "space": {name: [vars(d) for d in dims] for name, dims in spaces.items()}, "trials": trials}
 
 
+@reports_bad_input
 def main(args: list[str]) -> int:
     if args[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 0
-    try:
-        budget, args = parse_budget(args)
-        folder, launch, optimizers, common = split_arguments(args)
-        plan = plan_search(optimizers, common, budget)
-        open_folder(folder, plan)
-    except ConfigError as e:
-        print(e.render(), file=sys.stderr)
-        return 2
+    budget, args = parse_budget(args)
+    folder, launch, optimizers, common = split_arguments(args)
+    plan = plan_search(optimizers, common, budget)
+    open_folder(folder, plan)
     search_jobs = [trial for trials in plan["trials"].values() for trial in trials]
     status = run_sweep(folder, "search", search_jobs, common, launch)
     if status == 2 or stopped(folder / "search") or not recorded(folder / "search"):
@@ -178,12 +175,12 @@ def split_arguments(args: list[str]) -> tuple[Path, list[str], list[str], list[s
     """(compare folder, Hydra launcher settings, optimizers, the overrides every job gets)."""
     from optbench.config import sweep_choices
 
-    folder = Path("outputs/compare") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+    folder = timestamped_output("compare")
     launch, optimizers, common = [], [], []
     for arg in args:
         if arg.startswith(f"{SWEEP_DIR_KEY}="):
             folder = Path(arg.split("=", 1)[1])
-        elif arg.startswith(("hydra.", "hydra/")):
+        elif is_hydra_setting(arg):
             launch.append(arg)
         elif arg.startswith("optimizer="):
             optimizers = [choice.split("=", 1)[1] for choice in sweep_choices([arg])[0]]

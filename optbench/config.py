@@ -1,7 +1,9 @@
-"""Composing optbench's Hydra config: the search path, recipes, and the pre-flight compose.
+"""Composing optbench's Hydra config: the search path, recipes, smoke scale, and the pre-flight compose.
 
 `optbench run` composes every configuration it is about to run (each value of a sweep) before
 Hydra creates a run folder, so that a bad override costs no folder, no compute and no traceback.
+It composes from the same `ConfigSource` (--config-path, --config-name, --config-dir) that it
+hands Hydra's main, so that what is validated is what runs.
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ import difflib
 import re
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from optbench.commands.common import ConfigSource, override_key
 from optbench.errors import ConfigError
-from optbench.paths import configs_dir, recipes_dir
+from optbench.paths import recipes_dir
+from optbench.run_folder import RunFolder
 
-PRIMARY_CONFIG = "train"
+SMOKE = "smoke=true"
 
 
 def register_recipes() -> None:
@@ -33,40 +38,78 @@ def register_recipes() -> None:
         store.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """The config (with its `hydra` node) that `optbench run OVERRIDES` would run."""
+def compose(overrides: list[str], source: ConfigSource = ConfigSource()) -> DictConfig:
+    """The config (with its `hydra` node) that `optbench run [FLAGS] OVERRIDES` would run, the
+    flags being those that choose `source`."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
 
     register_recipes()  # so that `recipe=NAME` composes in-process too, not only under `optbench run`
     try:
-        with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3", job_name="optbench"):
-            return hydra_compose(PRIMARY_CONFIG, overrides=overrides, return_hydra_config=True)
+        with _hydra_session(source):
+            return hydra_compose(source.config_name, overrides=overrides, return_hydra_config=True)
     except Exception as e:  # Hydra and OmegaConf raise many types; all are bad input here.
         error = e
-    raise ConfigError(explain_hydra_error(error, overrides))
+    raise ConfigError(explain_hydra_error(error, overrides, source))
 
 
-def job_config(overrides: list[str]) -> DictConfig:
+@contextmanager
+def _hydra_session(source: ConfigSource) -> Iterator[None]:
+    """Hydra initialized with the search path that its main builds from the same flags
+    (`_run_hydra` in hydra/_internal/utils.py): the primary folder, then --config-dir in front of
+    the structured configs. Hydra's public `initialize_config_dir` has no --config-dir."""
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    backup = get_gh_backup()
+    version.setbase("1.3")
+    search_path = create_config_search_path(source.primary_path)
+    if source.config_dir is not None:
+        search_path.prepend(provider="command-line", path=f"file://{source.config_dir}",
+                            anchor=SearchPathQuery(provider="schema"))
+    try:  # the job's name as configs/train.yaml sets it (hydra.job.name), which wins over this one
+        Hydra.create_main_hydra2(task_name="optbench", config_search_path=search_path)
+        yield
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def job_config(overrides: list[str], source: ConfigSource = ConfigSource()) -> DictConfig:
     """The run's own config (no `hydra` node), validated: what `Trainer` takes in Python code."""
-    from optbench.smoke import expand
     from optbench.validate import validate_config
 
-    cfg = compose(expand(overrides))
+    cfg = compose(expand_smoke(overrides, source), source)
     with open_dict(cfg):
         del cfg["hydra"]
     validate_config(cfg)
     return cfg
 
 
-def with_sweeper_params(overrides: list[str]) -> list[str]:
+def expand_smoke(overrides: list[str], source: ConfigSource = ConfigSource()) -> list[str]:
+    """`overrides` with the configured recipe's smoke overrides in front when `smoke=true` is among them.
+
+    A recipe lists what makes it tiny in `smoke_overrides` (a small model and data, a few steps).
+    They are ordinary overrides, put before the user's own, so a user's override of the same key
+    wins; a group choice there (`data=synthetic`) swaps the whole group, as on the command line.
+    """
+    if SMOKE not in overrides:
+        return overrides
+    # One configuration of a sweep (`-m ... trainer.seed=0,1`) names the recipe, and so its smoke overrides.
+    extra = [str(o) for o in compose(next(sweep_variants(overrides)), source).get("smoke_overrides") or []]
+    if not extra:
+        raise ConfigError("smoke=true: this configuration lists no smoke_overrides; recipes do (recipe=NAME).")
+    own = {override_key(o) for o in overrides}
+    return [*(o for o in extra if override_key(o) not in own), *overrides]
+
+
+def with_sweeper_params(overrides: list[str], source: ConfigSource = ConfigSource()) -> list[str]:
     """The overrides of a multirun with the config's `hydra.sweeper.params` in front (a recipe's
     arms), as Hydra's basic sweeper combines them: a key on the command line replaces the config's."""
-    from optbench.smoke import key
-
-    params = compose(next(sweep_variants(overrides))).hydra.sweeper.get("params") or {}
-    own = {key(o) for o in overrides}
-    return [*(f"{k}={v}" for k, v in params.items() if key(str(k)) not in own), *overrides]
+    params = compose(next(sweep_variants(overrides)), source).hydra.sweeper.get("params") or {}
+    own = {override_key(o) for o in overrides}
+    return [*(f"{k}={v}" for k, v in params.items() if override_key(str(k)) not in own), *overrides]
 
 
 def sweep_variants(overrides: list[str]) -> Iterator[list[str]]:
@@ -107,10 +150,14 @@ def sweep_choices(overrides: list[str]) -> list[list[str]]:
     return choices
 
 
-def explain_hydra_error(error: Exception, overrides: list[str]) -> str:
+def explain_hydra_error(error: Exception, overrides: list[str], source: ConfigSource = ConfigSource()) -> str:
     """One paragraph from a Hydra/OmegaConf error: the key, the value, what is allowed."""
     from hydra.errors import MissingConfigException
 
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file == source.config_name:
+        folders = " or ".join(f for f in (source.primary_path, source.config_dir) if f)
+        return (f"--config-name={source.config_name}: no such config in {folders} "
+                f"(a primary config is looked for there: --config-path and --config-dir choose the folders).")
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group, _, name = str(error.missing_cfg_file).rpartition("/")
         options = sorted(error.options or [])
@@ -127,16 +174,16 @@ def explain_hydra_error(error: Exception, overrides: list[str]) -> str:
                 f"Available: {', '.join(options.split())}.")
     unknown = re.match(r"Could not override '([^']+)'", text)
     if unknown:
-        return _unknown_key(unknown.group(1), overrides)
+        return _unknown_key(unknown.group(1), overrides, source)
     return text
 
 
-def _unknown_key(key: str, overrides: list[str]) -> str:
+def _unknown_key(key: str, overrides: list[str], source: ConfigSource) -> str:
     """Message for an override of a key that the config does not have, with the closest key."""
     parent, _, name = key.rpartition(".")
     others = [o for o in overrides if not o.startswith(f"{key}=")]
     try:
-        node = OmegaConf.select(compose(others), parent) if parent else None
+        node = OmegaConf.select(compose(others, source), parent) if parent else None
     except ConfigError:
         node = None
     siblings = [str(k) for k in node.keys()] if node is not None and hasattr(node, "keys") else []
@@ -149,17 +196,17 @@ def _unknown_key(key: str, overrides: list[str]) -> str:
     )
 
 
-def validate_overrides(overrides: list[str], multirun: bool) -> DictConfig:
+def validate_overrides(overrides: list[str], multirun: bool, source: ConfigSource = ConfigSource()) -> DictConfig:
     """Compose and validate every configuration that the command would run; return the first."""
     from optbench.validate import validate_config
 
-    variants = sweep_variants(with_sweeper_params(overrides)) if multirun else iter([overrides])
+    variants = sweep_variants(with_sweeper_params(overrides, source)) if multirun else iter([overrides])
     problems: list[str] = []
     warnings: list[str] = []
     first: DictConfig | None = None
     for variant in variants:
         try:
-            cfg = compose(variant)
+            cfg = compose(variant, source)
             warnings.extend(w for w in validate_config(cfg) if w not in warnings)
             if first is None:
                 first = cfg
@@ -178,8 +225,7 @@ def validate_overrides(overrides: list[str], multirun: bool) -> DictConfig:
 def _refuse_to_overwrite(cfg: DictConfig) -> None:
     """A run folder that already holds a run is continued (trainer.resume) or left alone."""
     run_dir = Path(str(cfg.hydra.run.dir))
-    holds_run = (run_dir / "summary.json").exists() or (run_dir / "checkpoints").exists()
-    if holds_run and cfg.trainer.resume is None:
+    if RunFolder(run_dir).holds_run() and cfg.trainer.resume is None:
         raise ConfigError(
             f"hydra.run.dir={run_dir}: that folder already holds a run. Continue it with "
             f"trainer.resume=auto, or choose another folder; optbench never overwrites a run."

@@ -16,7 +16,7 @@ from typing import Literal, Optional
 import torch
 
 from optbench.schema import PositiveInt, UnitInterval
-from optbench.tasks import Batch, Classification, Task
+from optbench.tasks import Batch, Classification, Task, declares_task
 
 __all__ = ["Batch", "DataSpec", "InMemoryData", "digits", "synthetic"]
 
@@ -142,6 +142,7 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
     return [(t - mean) / std for t in (train, *others)]
 
 
+@declares_task(Classification)
 def digits(batch_size: PositiveInt = 128, val_fraction: UnitInterval = 0.2, split_seed: int = 0,
            target: Optional[str] = "acc >= 0.97") -> InMemoryData:
     """The UCI handwritten digits bundled with scikit-learn: 1,797 8x8 grey images, 10 classes.
@@ -159,6 +160,7 @@ def digits(batch_size: PositiveInt = 128, val_fraction: UnitInterval = 0.2, spli
     return InMemoryData(x_train, y[train], x_val, y[val], 10, batch_size, task=Classification(target))
 
 
+@declares_task(Classification)
 def synthetic(
     batch_size: PositiveInt = 128,
     input_shape: tuple[int, ...] = (3, 32, 32),
@@ -179,3 +181,17 @@ def synthetic(
     y = (x.flatten(1) @ teacher).argmax(dim=1)
     return InMemoryData(x[:train_size], y[:train_size], x[train_size:], y[train_size:], num_classes, batch_size,
                         task=Classification(target))
+
+
+def batch_groups(data: InMemoryData, seed: int, epoch: int, start: int,
+                 size: int) -> Iterator[tuple[list[Batch], int]]:
+    """The micro-batches of one epoch from micro-batch `start` on, `size` at a time (one optimizer
+    update each), with the position after each group; a last, incomplete group still steps."""
+    group: list[Batch] = []
+    position = start
+    for batch in data.train_batches(seed, epoch, start=start):
+        group.append(batch)
+        position += 1
+        if len(group) == size or position == data.batches_per_epoch:
+            yield group, position
+            group = []

@@ -4,7 +4,8 @@ Every `trainer.diagnostics_every` steps, at the cost of one copy of the weights 
 only: the gradient norm of each parameter group, and for each parameter its weight norm and the
 ratio of the update's norm to the weight's norm (healthy training is often near 1e-3; far above
 means the LR is too high, far below that the layer barely moves), and the trust ratios that
-LAMB/LARS-style optimizers keep in their state. Parameters that get no gradient are named once.
+LAMB and LARS scaled each step by, inside any wrapper (Lookahead) too. Parameters that get no
+gradient are named once.
 The trainer writes each record to `diagnostics.jsonl` and to TensorBoard under `diag/`.
 """
 
@@ -14,6 +15,8 @@ import logging
 
 import torch
 from torch import nn
+
+from optbench.optim import wrapping
 
 log = logging.getLogger("optbench")
 
@@ -44,6 +47,7 @@ class Diagnostics:
                 norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
                 self._record["grad_norm"][group.get("name", f"group{i}")] = norm.item()
         self._before = {p: p.detach().clone() for p in self.names}
+        wrapping.request_trust_ratios(self.optimizer)
 
     @torch.no_grad()
     def after_step(self) -> dict[str, dict[str, float]] | None:
@@ -61,8 +65,7 @@ class Diagnostics:
         record["update_ratio"] = {
             self.names[p]: (u / w.clamp_min(1e-12)).item() for p, u, w in zip(params, updates, weights)
         }
-        trust = {self.names[p]: float(s["trust_ratio"]) for p, s in self.optimizer.state.items()
-                 if isinstance(s, dict) and "trust_ratio" in s and p in self.names}
+        trust = {self.names[p]: r for p, r in wrapping.trust_ratios(self.optimizer).items() if p in self.names}
         if trust:
             record["trust_ratio"] = trust
         self._before = {}

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from optbench.errors import ConfigError
+
 if TYPE_CHECKING:
     import torch
     from omegaconf import DictConfig
@@ -55,6 +57,17 @@ def world() -> World:
     if not all(name in os.environ for name in TORCHRUN_VARS):
         return World()
     return World(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device `trainer.device` names; under torchrun, CUDA is this node's GPU number LOCAL_RANK."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda: no CUDA device is available here; use auto or cpu.")
+    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
 def resolve_strategy(strategy: str, processes: int | None = None) -> str:
@@ -113,11 +126,12 @@ def problems(cfg: DictConfig) -> list[str]:
 
 
 def _needs_hessian(node: DictConfig) -> bool:
-    """Whether the optimizer refreshes a Hessian estimate from the model (SophiaG)."""
-    from optbench.build import locate
+    """Whether the optimizer, or one that it wraps, refreshes a Hessian estimate from the model (SophiaG)."""
+    from optbench.build import locate, nested_components
 
     try:
-        return hasattr(locate(str(node._target_)), "update_hessian")
+        return any(hasattr(locate(str(n._target_)), "update_hessian")
+                   for _, n in [("optimizer", node), *nested_components(node, "optimizer")])
     except Exception:  # a bad _target_ is reported by the component check
         return False
 

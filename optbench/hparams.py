@@ -14,6 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from optbench.commands.common import override_key, task_overrides
+from optbench.run_folder import RunFolder
+
 # Always shown: what an optimizer study compares first (when the config has them).
 STANDARD = ("optimizer.lr", "optimizer.weight_decay", "data.batch_size")
 LOGGED_STATUSES = ("completed", "diverged")  # a failed or interrupted run has no final metrics yet
@@ -79,11 +82,9 @@ def log_job_hparams(cfg: DictConfig, constant: set[str]) -> None:
         return
     from hydra.core.hydra_config import HydraConfig
 
-    from optbench.smoke import key
-    from optbench.sweep import read_json, task_overrides
-
     hydra_cfg = HydraConfig.get()
     run_dir = Path(str(hydra_cfg.runtime.output_dir))
-    overrides = [o for o in task_overrides([str(o) for o in hydra_cfg.overrides.task]) if key(o) not in constant]
+    overrides = [o for o in task_overrides([str(o) for o in hydra_cfg.overrides.task])
+                 if override_key(o) not in constant]
     values = hparam_values(cfg, overrides, hydra_cfg.runtime.choices.get("optimizer"))
-    log_hparams(run_dir, values, read_json(run_dir / "summary.json"))
+    log_hparams(run_dir, values, RunFolder(run_dir).read_summary())

@@ -13,18 +13,21 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import json
 import math
-import sys
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from optbench.commands.common import Invocation, reports_bad_input, timestamped_output
 from optbench.errors import ConfigError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from optbench.data import Batch
     from optbench.trainer import Trainer
 
 DIVERGENCE_FACTOR = 4.0  # stop once the smoothed loss is this many times its best
@@ -35,6 +38,7 @@ SKIP_START = 3  # the first points' slope says more about the smoothing than abo
 class RangeTest:
     lrs: list[float]
     losses: list[float]  # smoothed
+    applied: dict[str, Any] = field(default_factory=dict)  # what its updates applied (as summary.json's)
 
     def steepest(self) -> float:
         """LR where the smoothed loss falls fastest against log LR."""
@@ -60,29 +64,35 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
     parser.add_argument("--smoothing", type=float, default=0.98, help="EMA factor of the loss (default 0.98)")
     parser.add_argument("--out", type=Path, help="output folder (default: outputs/lr_find/DATE/TIME)")
+    for flag, short in (("--config-dir", "-cd"), ("--config-name", "-cn"), ("--config-path", "-cp")):
+        parser.add_argument(flag, short, help="as for optbench run")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for optbench run")
     return parser.parse_intermixed_args(args)  # flags may come after the overrides
 
 
+@reports_bad_input
 def main(args: list[str]) -> int:
     from optbench.config import job_config, register_recipes
     from optbench.trainer import Trainer
 
     options = parse_args(args)
-    out = options.out or Path("outputs", "lr_find", datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f"))
-    try:
-        if not 0 < options.start < options.end:
-            raise ConfigError(f"--start={options.start} --end={options.end}: need 0 < start < end.")
-        if options.steps < 5 or not 0 <= options.smoothing < 1:
-            raise ConfigError(f"--steps={options.steps} --smoothing={options.smoothing}: need steps >= 5 "
-                              f"and 0 <= smoothing < 1.")
-        register_recipes()
-        cfg = job_config(options.overrides)
-        trainer = Trainer(cfg, out)
-        result = range_test(trainer, options.start, options.end, options.steps, options.smoothing)
-    except ConfigError as e:
-        print(e.render(), file=sys.stderr)
-        return 2
+    # The same flags as `optbench run` (--config-dir, --config-name, ...) select the same config.
+    flags = [f"--{name.replace('_', '-')}={value}" for name in ("config_dir", "config_name", "config_path")
+             if (value := getattr(options, name)) is not None]
+    invocation = Invocation.parse([*flags, *options.overrides])
+    out = options.out or timestamped_output("lr_find")
+    if not 0 < options.start < options.end:
+        raise ConfigError(f"--start={options.start} --end={options.end}: need 0 < start < end.")
+    if options.steps < 5 or not 0 <= options.smoothing < 1:
+        raise ConfigError(f"--steps={options.steps} --smoothing={options.smoothing}: need steps >= 5 "
+                          f"and 0 <= smoothing < 1.")
+    register_recipes()
+    cfg = job_config(invocation.overrides, invocation.source)
+    if cfg.get("gan") is not None:
+        raise ConfigError(f"model._target_={cfg.model._target_}: a GAN trains two networks with two "
+                          f"optimizers (gan.g, gan.d); the range test needs one loss and one optimizer.")
+    trainer = Trainer(cfg, out)
+    result = range_test(trainer, options.start, options.end, options.steps, options.smoothing)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(result, out / "lr_find.csv")
     draw(result).savefig(out / "lr_find.png", dpi=150)
@@ -91,23 +101,54 @@ def main(args: list[str]) -> int:
     lr, why = (result.valley(), "OneCycle's peak: valley") if onecycle else (result.steepest(), "steepest descent")
     print(f"steepest descent at {result.steepest():.3g}, valley at {result.valley():.3g}")
     print(f"wrote {out / 'lr_find.png'}\nwrote {out / 'lr_find.csv'}")
+    if trainer.base_lr.factor != 1.0:  # the test swept the scaled LR; the config holds the unscaled one
+        lr /= trainer.base_lr.factor
+        why += f", before optimizer.lr_scaling's x{trainer.base_lr.factor:.4g}"
+    not_used = unused_settings(trainer)
+    record = {"suggested": {"optimizer.lr": lr, "why": why}, "steepest": result.steepest(), "valley": result.valley(),
+              "applied": result.applied, "not_used": not_used}
+    (out / "lr_find.json").write_text(json.dumps(record, indent=2) + "\n")
+    for key, why_not in not_used.items():
+        print(f"not used by the range test: {key} ({why_not})")
+    print(f"wrote {out / 'lr_find.json'}")
     print(f"use ({why}): optimizer.lr={lr:.3g}")
     return 0
 
 
+def unused_settings(trainer: Trainer) -> dict[str, str]:
+    """The run's settings that shape what a run records but not the range test's updates."""
+    unused = {"scheduler": "the LR is the test's own, from --start to --end"}
+    if trainer.ema is not None:
+        unused["trainer.ema.decay"] = "the test measures the loss of the weights it trains, not of their average"
+    if trainer.tc.diagnostics_every is not None:
+        unused["trainer.diagnostics_every"] = "the test records the loss at each LR only"
+    return unused
+
+
 def range_test(trainer: Trainer, start: float, end: float, steps: int, smoothing: float) -> RangeTest:
-    """The smoothed loss at each LR; the trainer's model and optimizer restored afterwards."""
+    """The smoothed loss at each LR; the trainer's model and optimizer restored afterwards.
+
+    Each point is an update of the run's own `UpdateStep` (its micro-batches, autocast, clipping
+    and non-finite handling), without the schedule, the EMA and the diagnostics: the LR is the test's.
+    """
     import torch
 
+    from optbench.data import batch_groups
+    from optbench.update import UpdateStep
+
     model, optimizer = trainer.model, trainer.optimizer
+    if trainer.base_lr.value is None:
+        raise ConfigError(f"optimizer._target_={trainer.cfg.optimizer._target_}: it has no learning rate to test.")
     saved = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
-    # Parameter groups keep their LR ratios (layer-wise decay, a head at 10x) during the test.
-    first = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"]) or 1.0
-    scales = [g.get("initial_lr", g["lr"]) / first for g in optimizer.param_groups]
+    # The swept LR is the run's base LR; each parameter group keeps its ratio to it (layer-wise
+    # decay, a head at 10x), as the run's groups do.
+    scales = [g.get("initial_lr", g["lr"]) / trainer.base_lr.value for g in optimizer.param_groups]
+    update = UpdateStep(model, optimizer, trainer.tc, trainer.device, no_sync=trainer.update.no_sync)
+    loss_of = partial(trainer.task.training_loss, trainer.forward_model)
     lrs: list[float] = []
     losses: list[float] = []
     average, best = 0.0, math.inf
-    batches = iter(())
+    groups: Iterator[tuple[list[Batch], int]] = iter(())
     epoch = 0
     model.train()
     try:
@@ -115,13 +156,13 @@ def range_test(trainer: Trainer, start: float, end: float, steps: int, smoothing
             lr = start * (end / start) ** (i / (steps - 1))
             for group, scale in zip(optimizer.param_groups, scales):
                 group["lr"] = lr * scale
-            batch = next(batches, None)
-            if batch is None:  # a new pass over the data when one runs out
-                batches = trainer.data.train_batches(trainer.tc.seed, epoch)
+            micro_batches = next(groups, None)
+            if micro_batches is None:  # a new pass over the data when one runs out
+                groups = batch_groups(trainer.data, trainer.tc.seed, epoch, 0, trainer.tc.accumulation_steps)
                 epoch += 1
-                batch = next(batches)
-            loss = trainer.task.training_loss(model, batch)
-            value = loss.item()
+                micro_batches = next(groups)
+            loss = update(micro_batches[0], loss_of, i + 1, measure=False).loss
+            value = math.nan if loss is None else loss.item()  # None: skipped as non-finite
             if not math.isfinite(value):
                 if i == 0:
                     raise ConfigError(f"the loss is {value} from the first step (LR {lr:.3g}): the model or "
@@ -134,9 +175,6 @@ def range_test(trainer: Trainer, start: float, end: float, steps: int, smoothing
             best = min(best, smoothed)
             lrs.append(lr)
             losses.append(smoothed)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
     finally:
         with torch.no_grad():
             model.load_state_dict(saved[0])
@@ -144,7 +182,7 @@ def range_test(trainer: Trainer, start: float, end: float, steps: int, smoothing
         optimizer.zero_grad(set_to_none=True)
     if len(lrs) < 3:
         raise ConfigError(f"--start={start}: the loss diverged after {len(lrs)} steps; start lower.")
-    return RangeTest(lrs, losses)
+    return RangeTest(lrs, losses, trainer.applied([update]))
 
 
 def write_csv(result: RangeTest, path: Path) -> None:

@@ -8,18 +8,33 @@ with another effective batch (data.batch_size x accumulation, over all processes
 
 as timm's `--lr-base` / `--lr-base-size` / `--lr-base-scale` do. `null` (the default) leaves the
 LR as configured. The two keys are optbench's own: they never reach the optimizer's constructor.
+
+The LR after scaling is the run's base LR (`scaled_lr`), the one number that the optimizer's
+groups (times their `lr_scale`), the schedules, validation, lr-find and the schedule preview use.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from optbench.build import lr_holder
+from optbench.build import LR_SCALING_KEYS, base_lr, default_argument, lr_holder
 
-SETTINGS = ("lr_scaling", "reference_batch")  # optimizer keys that are not constructor arguments
 RULES = {"linear": lambda ratio: ratio, "sqrt": math.sqrt}
+
+
+@dataclass(frozen=True)
+class ScaledLR:
+    """The run's base LR: the configured one (`optbench.build.base_lr`) after `optimizer.lr_scaling`.
+
+    Floors that a schedule takes as LRs (`eta_min`, `min_lr`) are fractions of `value`.
+    """
+
+    value: float | None  # None: the optimizer has no LR
+    factor: float  # the scaling's multiplier (1.0 without scaling)
+    note: str  # what the scaling did, for the log ("" without scaling)
 
 
 def problems(node: DictConfig) -> list[str]:
@@ -28,7 +43,7 @@ def problems(node: DictConfig) -> list[str]:
     rule, reference = node.get("lr_scaling"), node.get("reference_batch")
     if rule is not None and rule not in RULES:
         found.append(f"optimizer.lr_scaling={rule!r}: must be one of {', '.join(map(repr, RULES))} or null.")
-    elif rule is not None and "lr" not in lr_holder(node):
+    elif rule is not None and base_lr(node) is None:
         found.append(f"optimizer.lr_scaling={rule}: {node._target_} has no lr to scale; set optimizer.lr_scaling=null.")
     valid_reference = isinstance(reference, int) and not isinstance(reference, bool) and reference >= 1
     if "reference_batch" in node and not valid_reference:
@@ -43,19 +58,44 @@ def factor(node: DictConfig, effective_batch: int) -> float:
     return 1.0 if rule is None else RULES[rule](effective_batch / node.reference_batch)
 
 
-def scaled_optimizer(node: DictConfig, effective_batch: int) -> tuple[DictConfig, str]:
-    """The optimizer's config with its LR scaled for `effective_batch` and the scaling settings
-    removed, and a sentence for the log (empty without scaling)."""
+def other_lrs(holder: DictConfig) -> list[str]:
+    """The keys of the LRs that an optimizer has beside `lr` (Muon's `adamw_lr`, for the parameters
+    that Muon leaves to AdamW): scaled with it, so that the ratios between them hold."""
+    return [str(k) for k, v in holder.items() if str(k).endswith("_lr") and isinstance(v, (int, float))]
+
+
+def scaled_lr(node: DictConfig, effective_batch: int) -> ScaledLR:
+    """The run's base LR for an optimizer config `node` and `effective_batch` samples per optimizer
+    step (data.batch_size x accumulation, over all processes)."""
+    configured = base_lr(node)
+    if node.get("lr_scaling") is None or configured is None:
+        return ScaledLR(configured, 1.0, "")
+    multiplier = factor(node, effective_batch)
+    also = "".join(f", {key} likewise" for key in other_lrs(lr_holder(node)))
+    note = (f"optimizer.lr_scaling={node.lr_scaling}: lr {configured:g} x {multiplier:.6g} (effective batch "
+            f"{effective_batch} / reference {node.reference_batch}) = {configured * multiplier:g}{also}")
+    return ScaledLR(configured * multiplier, multiplier, note)
+
+
+def planned_batch(cfg: DictConfig) -> int:
+    """The effective batch of a run of `cfg`, from the config alone: data.batch_size (the global
+    batch; the data set's default where unset) x trainer.accumulation_steps."""
+    batch = cfg.data.get("batch_size") or default_argument(cfg.data._target_, "batch_size")
+    return batch * cfg.trainer.accumulation_steps
+
+
+def scaled_optimizer(node: DictConfig, effective_batch: int) -> tuple[DictConfig, ScaledLR]:
+    """The optimizer's config with its LRs scaled for `effective_batch` and the scaling settings
+    removed, and the run's base LR (`scaled_lr`: the value, the factor and the log's note)."""
+    lr = scaled_lr(node, effective_batch)
     scaled = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
     with open_dict(scaled):
-        for key in SETTINGS:
+        for key in LR_SCALING_KEYS:
             scaled.pop(key, None)
-    if node.get("lr_scaling") is None:
-        return scaled, ""
-    multiplier = factor(node, effective_batch)
+    if lr.factor == 1.0:  # no scaling, or the batch is the reference one
+        return scaled, lr
     holder = lr_holder(scaled)
-    old = holder.lr
-    holder.lr = old * multiplier
-    note = (f"optimizer.lr_scaling={node.lr_scaling}: lr {old:g} x {multiplier:.6g} "
-            f"(effective batch {effective_batch} / reference {node.reference_batch}) = {holder.lr:g}")
-    return scaled, note
+    for key in other_lrs(holder):
+        holder[key] *= lr.factor
+    holder.lr = lr.value  # set, not multiplied: the LR may be the class's default, not a key
+    return scaled, lr

@@ -6,11 +6,10 @@ training) so that a user sees what a rule set does before spending compute on it
 
 from __future__ import annotations
 
-import sys
-
-from optbench.errors import ConfigError
+from optbench.commands.common import reports_bad_input
 
 
+@reports_bad_input
 def print_param_groups(overrides: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -19,14 +18,10 @@ def print_param_groups(overrides: list[str]) -> int:
     from optbench.config import job_config, register_recipes
 
     register_recipes()
-    try:
-        cfg = job_config(overrides)
-        model = build_model(cfg.model, build_data(cfg.data))
-        weight_decay = arguments(cfg.optimizer).get("weight_decay", 0.0)
-        groups = build_param_groups(cfg.params, model, base_lr(cfg.optimizer))
-    except ConfigError as e:
-        print(e.render(), file=sys.stderr)
-        return 2
+    cfg = job_config(overrides)
+    model = build_model(cfg.model, build_data(cfg.data))
+    weight_decay = arguments(cfg.optimizer).get("weight_decay", 0.0)
+    groups = build_param_groups(cfg.params, model, base_lr(cfg.optimizer))
     names = {p: n for n, p in model.named_parameters()}
     table = Table(title=f"{type(model).__name__}: parameter groups of params={cfg.params._target_.rsplit('.', 1)[-1]}",
                   title_justify="left")

@@ -15,12 +15,11 @@ import csv
 import html
 import math
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optbench.errors import ConfigError
+from optbench.commands.common import reports_bad_input
 from optbench.profiles import TAU_MAX, Profiles, performance_profiles
 from optbench.runs import LR_KEY, SEED_KEY, Run, Target, find_runs, group_runs, label, varied_keys
 
@@ -48,13 +47,10 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     return parser.parse_args(args)
 
 
+@reports_bad_input
 def main(args: list[str]) -> int:
     options = parse_args(args)
-    try:
-        runs = find_runs(options.paths)
-    except ConfigError as e:
-        print(e.render(), file=sys.stderr)
-        return 2
+    runs = find_runs(options.paths)
     out = options.out or options.paths[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
     written = write_report(runs, out, options.target)

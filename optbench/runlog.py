@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from optbench.run_folder import RunFolder, json_safe
 
 # metrics.jsonl names of train metrics -> their TensorBoard tags (others go to <split>/<name>).
 TRAIN_TAGS = {
@@ -26,12 +27,11 @@ class RunLog:
     (`momentum/<name>`) in TensorBoard, like every other group's.
     """
 
-    def __init__(self, run_dir: Path, first_group: str, tensorboard: bool, resume_step: int | None = None,
+    def __init__(self, folder: RunFolder, first_group: str, tensorboard: bool, resume_step: int | None = None,
                  active: bool = True):
-        self.run_dir = run_dir
         self.first_group = first_group
-        self.path = run_dir / "metrics.jsonl"
-        self.diagnostics_path = run_dir / "diagnostics.jsonl"
+        self.path = folder.metrics
+        self.diagnostics_path = folder.diagnostics
         self.active = active  # false on the ranks other than 0: they write nothing
         self._writer = None
         if not active:
@@ -44,7 +44,7 @@ class RunLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+            self._writer = SummaryWriter(str(folder.tensorboard), purge_step=resume_step)
 
     def write(self, split: str, step: int, epoch: float, time: float, metrics: dict[str, float]) -> None:
         if not self.active:
@@ -101,18 +101,3 @@ def per_group(name: str, values: list[float], groups: list[dict[str, Any]]) -> d
     for i, (group, value) in enumerate(zip(groups, values)):
         metrics[name if i == 0 else f"{name}/{group.get('name', f'group{i}')}"] = value
     return metrics
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with non-finite floats (a diverged loss) as null, so any JSON reader accepts it."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    (run_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")

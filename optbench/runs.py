@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from optbench.errors import ConfigError
+from optbench.run_folder import HYDRA, OVERRIDES, RunFolder
 
 SEED_KEY = "trainer.seed"
 LR_KEY = "optimizer.lr"
@@ -59,17 +60,16 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
     """key -> value of the overrides that made this run (`optimizer=sgd` has key `optimizer`)."""
     from omegaconf import OmegaConf
 
-    lines = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
+    lines = OmegaConf.to_container(OmegaConf.load(RunFolder(run_dir).overrides))
     assert isinstance(lines, list)
     pairs = (str(line).lstrip("+~").split("=", 1) for line in lines)
     return {pair[0]: pair[1] if len(pair) > 1 else "" for pair in pairs}
 
 
 def load_run(run_dir: Path) -> Run:
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    return Run(run_dir, read_overrides(run_dir), summary, _json_lines(run_dir / "metrics.jsonl"),
-               _json_lines(run_dir / "diagnostics.jsonl"))
+    folder = RunFolder(run_dir)
+    return Run(run_dir, read_overrides(run_dir), folder.read_summary(), _json_lines(folder.metrics),
+               _json_lines(folder.diagnostics))
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:
@@ -82,7 +82,7 @@ def find_runs(paths: list[Path]) -> list[Run]:
     for path in paths:
         if not path.exists():
             raise ConfigError(f"{path}: no such file or folder.")
-        for marker in sorted(path.rglob(".hydra/overrides.yaml")):
+        for marker in sorted(path.rglob(f"{HYDRA}/{OVERRIDES}")):
             found[marker.parent.parent.resolve()] = None
     if not found:
         where = ", ".join(str(p) for p in paths)

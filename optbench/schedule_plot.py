@@ -14,12 +14,12 @@ import math
 import re
 import sys
 import warnings
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from optbench.commands.common import reports_bad_input, timestamped_output
 from optbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -60,15 +60,12 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     return parser.parse_args(args)
 
 
+@reports_bad_input
 def main(args: list[str]) -> int:
     options = parse_args(args)  # argparse itself exits with status 2 on a bad flag
-    try:
-        curves, notes = build_curves(options.overrides)
-    except ConfigError as e:
-        print(e.render(), file=sys.stderr)
-        return 2
+    curves, notes = build_curves(options.overrides)
     columns = table(curves)
-    out = options.out or Path("outputs", "schedules", datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f"))
+    out = options.out or timestamped_output("schedules")
     out.mkdir(parents=True, exist_ok=True)
     write_csv(columns, out / "schedules.csv")
     draw(columns, options.log).savefig(out / "schedules.png", dpi=150)
@@ -82,6 +79,7 @@ def build_curves(overrides: list[str]) -> tuple[list[tuple[str, dict[str, list[f
     """(label, its series) for every combination of the overrides' values, and warnings."""
     from optbench.build import build_schedule, is_schedule, planned_length, stand_in_scheduler
     from optbench.config import register_recipes
+    from optbench.lr_scaling import planned_batch, scaled_optimizer
     from optbench.schedules import Plateau
     from optbench.validate import validate_config
 
@@ -90,8 +88,10 @@ def build_curves(overrides: list[str]) -> tuple[list[tuple[str, dict[str, list[f
     for label, cfg in compose_variants(overrides):
         notes += [f"{label}: {note}" for note in validate_config(cfg, preview=True)]
         run_steps, steps_per_epoch = planned_length(cfg)
+        # The run's base LR and optimizer are those after optimizer.lr_scaling.
+        optimizer, scaled = scaled_optimizer(cfg.optimizer, planned_batch(cfg))
+        base_lr = scaled.value
         if is_schedule(cfg.scheduler):
-            base_lr = cfg.optimizer.get("lr")
             if not isinstance(base_lr, (int, float)) or base_lr <= 0:
                 raise ConfigError(f"optimizer.lr={base_lr}: the preview needs the base LR, a number > 0.")
             schedule = build_schedule(cfg.scheduler, run_steps, steps_per_epoch, base_lr)
@@ -100,7 +100,7 @@ def build_curves(overrides: list[str]) -> tuple[list[tuple[str, dict[str, list[f
                              f"without training none is shown.")
             curves.append((label, trace_schedule(schedule, base_lr, run_steps)))
         else:
-            scheduler = stand_in_scheduler(cfg, run_steps, steps_per_epoch)
+            scheduler = stand_in_scheduler(optimizer, cfg.scheduler, run_steps, steps_per_epoch)
             curves.append((label, trace_scheduler(scheduler, run_steps)))
     return curves, notes
 

@@ -12,8 +12,9 @@ end of the warmup: its clock is `t = step - warmup` and it spans `total_steps - 
 
 Durations (`warmup`, `step_size`, `milestones`, `T_0`, ...) are optimizer steps as an int, a
 fraction of the run as a float below 1 (`0.1`), or epochs as a string (`2ep`, `1.5 epochs`).
-Floors such as `eta_min` and `min_lr` are LRs of a group whose base LR is `optimizer.lr`; a
-group with k times that LR gets k times the floor.
+Floors such as `eta_min` and `min_lr` are LRs of a group at the run's base LR (`base_lr`:
+`optimizer.lr`, or the wrapped optimizer's, after `optimizer.lr_scaling`; see
+`optbench.lr_scaling.scaled_lr`); a group with k times that LR gets k times the floor.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ interrupted one (or one killed after a checkpoint) continues from its checkpoint
 from __future__ import annotations
 
 import fcntl
-import json
 import math
 import os
 import sys
@@ -27,9 +26,10 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from optbench.commands.common import override_key, task_overrides
 from optbench.errors import ConfigError
 from optbench.hparams import log_job_hparams
-from optbench.runlog import json_safe
+from optbench.run_folder import RunFolder, read_json, write_json_atomic
 
 INDEX = "sweep.json"
 LOCK = ".sweep.lock"
@@ -38,19 +38,14 @@ INTERRUPTED = 1  # exit status of a job stopped by a signal (its summary says `i
 SWEEP_DIR_KEY = "hydra.sweep.dir"
 
 
-def task_overrides(overrides: list[str]) -> list[str]:
-    """The overrides that choose what the jobs run (Hydra's own settings left out)."""
-    return [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-
-
-def prepare(args: list[str], overrides: list[str], cfg: DictConfig) -> tuple[list[str], Path]:
+def prepare(overrides: list[str], cfg: DictConfig) -> tuple[list[str], Path]:
     """Before Hydra launches anything: fix the sweep folder and open (or check) its index.
 
     `cfg` is the composed config of the first job (it holds the `hydra` node). The sweep folder is
     resolved here once, so that its timestamp is known, and passed to Hydra as an override: the
     launching process then knows where to read the results back. A folder that already holds a
     sweep is continued only by the same overrides; anything else would overwrite its jobs.
-    Returns `args` with `hydra.sweep.dir` set, and that folder.
+    Returns `overrides` with `hydra.sweep.dir` set, and that folder.
     """
     sweep_dir = Path(str(cfg.hydra.sweep.dir))  # resolved once: `${now:...}` changes with every read
     wanted = task_overrides(overrides)
@@ -74,7 +69,7 @@ def prepare(args: list[str], overrides: list[str], cfg: DictConfig) -> tuple[lis
         sweep_dir.mkdir(parents=True, exist_ok=True)
         with locked(sweep_dir):
             write_index(sweep_dir, {"overrides": wanted, "jobs": []})
-    others = [a for a in args if not a.startswith(f"{SWEEP_DIR_KEY}=")]
+    others = [o for o in overrides if override_key(o) != SWEEP_DIR_KEY]
     return [*others, f"{SWEEP_DIR_KEY}={sweep_dir}"], sweep_dir
 
 
@@ -117,19 +112,19 @@ def run_in_sweep(cfg: DictConfig, run_job: Callable[[DictConfig], int], in_launc
         print(f"optbench: error: job {num} ({' '.join(overrides)}): its folder {run_dir} holds another job "
               f"({' '.join(earlier.get('overrides', []))}); not run. Use another {SWEEP_DIR_KEY}.", file=sys.stderr)
         return math.nan
-    summary = read_json(run_dir / "summary.json")
+    folder = RunFolder(run_dir)
+    summary = folder.read_summary()
     status = summary.get("status") or (earlier or {}).get("status")
     if status in FINISHED:
         print(f"optbench: job {num} ({' '.join(overrides)}): {status} earlier, skipped.", file=sys.stderr)
         return monitored(cfg, summary)
-    started = (run_dir / "checkpoints").is_dir() or (run_dir / "metrics.jsonl").exists()
-    if started and cfg.trainer.resume is None:
+    if folder.has_started() and cfg.trainer.resume is None:
         with open_dict(cfg):
             cfg.trainer.resume = "auto"  # an interrupted or killed job continues from its checkpoint
     job = {"job": num, "overrides": overrides, "run_dir": os.path.relpath(run_dir, sweep_dir)}
     record(sweep_dir, {**job, "status": "running", "started": time.time()})
     exit_code = run_job(cfg)
-    summary = read_json(run_dir / "summary.json")
+    summary = folder.read_summary()
     status = summary.get("status", "failed")  # none: bad input found at run time (exit status 2)
     entry = {**job, "status": status, "exit_code": exit_code, "final": summary.get("final", {}),
              "best": summary.get("best", {}), "finished": time.time()}
@@ -145,9 +140,8 @@ def run_in_sweep(cfg: DictConfig, run_job: Callable[[DictConfig], int], in_launc
 def constant_keys(overrides: list[str]) -> set[str]:
     """Keys that a sweep's command gives one value (`a=1`, not `a=1,2`): the same in every job."""
     from optbench.config import sweep_choices
-    from optbench.smoke import key
 
-    return {key(choices[0]) for choices in sweep_choices(overrides) if len(choices) == 1}
+    return {override_key(choices[0]) for choices in sweep_choices(overrides) if len(choices) == 1}
 
 
 def monitored(cfg: DictConfig, summary: dict[str, Any]) -> float:
@@ -193,12 +187,5 @@ def read_index(sweep_dir: Path) -> dict[str, Any]:
     return read_json(sweep_dir / INDEX)
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def write_index(sweep_dir: Path, index: dict[str, Any]) -> None:
-    """Write the index to a temporary file and rename it: a reader never sees half of it."""
-    tmp = sweep_dir / f".{INDEX}.tmp"
-    tmp.write_text(json.dumps(json_safe(index), indent=2) + "\n")
-    os.replace(tmp, sweep_dir / INDEX)
+    write_json_atomic(sweep_dir / INDEX, index)  # a reader never sees half of it

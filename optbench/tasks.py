@@ -1,8 +1,10 @@
 """What a workload computes from a batch: the training loss, the evaluation metrics, and a target.
 
 The data names its task (`data.task`): class labels give `Classification`, token sequences give
-`TokenPrediction`. A task's `target` (for example `acc >= 0.93`) is the goal that a run records
-reaching: the first evaluation that meets it, its step and its time, in summary.json.
+`TokenPrediction`. A data set's function declares the class of that task (`declares_task`), so
+that what a run logs is known from its config alone, before any data are built. A task's
+`target` (for example `acc >= 0.93`) is the goal that a run records reaching: the first
+evaluation that meets it, its step and its time, in summary.json.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +23,8 @@ from torch import nn
 from optbench.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+DataFunction = TypeVar("DataFunction", bound=Callable[..., Any])
 
 IGNORE = -100  # label of a position that carries no loss (cross_entropy's ignore_index)
 
@@ -62,9 +67,22 @@ class Task:
 
     # Validation metrics and whether larger is better (for `best` in summary.json).
     metrics: ClassVar[dict[str, str]] = {}
+    # Whether the data are samples for a GAN to imitate (no loss of their own to train a model on).
+    for_gans: ClassVar[bool] = False
 
     def __init__(self, target: str | None = None):
         self.target = Target.parse(target, self.metrics)
+
+
+def declares_task(task: type[Task]) -> Callable[[DataFunction], DataFunction]:
+    """Decorate a data set's function with the class of its data's task, as `function.task`: its
+    metrics (`Task.metrics`) are then known to `optbench check` without building the data."""
+
+    def declare(function: DataFunction) -> DataFunction:
+        function.task = task  # type: ignore[attr-defined]
+        return function
+
+    return declare
 
 
 class Classification(Task):

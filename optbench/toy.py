@@ -11,12 +11,11 @@ import argparse
 import csv
 import itertools
 import math
-import sys
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from optbench.commands.common import reports_bad_input, timestamped_output
 from optbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -68,15 +67,12 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     return parser.parse_intermixed_args(args)
 
 
+@reports_bad_input
 def main(args: list[str]) -> int:
     options = parse_args(args)
     problem = PROBLEMS[options.function]
-    try:
-        runs = {name: trajectory(problem, cfg, options.steps) for name, cfg in optimizer_configs(problem, options.overrides)}
-    except ConfigError as e:
-        print(e.render(), file=sys.stderr)
-        return 2
-    out = options.out or Path("outputs", "toy", datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f"))
+    runs = {name: trajectory(problem, cfg, options.steps) for name, cfg in optimizer_configs(problem, options.overrides)}
+    out = options.out or timestamped_output("toy")
     out.mkdir(parents=True, exist_ok=True)
     rows = [(name, steps_to(losses(problem, path), options.threshold), losses(problem, path)[-1])
             for name, path in runs.items()]

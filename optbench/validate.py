@@ -11,14 +11,17 @@ import dataclasses
 import difflib
 import inspect
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from optbench import distributed, lr_scaling
-from optbench.build import accepted, arguments, locate
+from optbench.build import LR_SCALING_KEYS, accepted, arguments, inner_components, locate, nested_components
 from optbench.errors import ConfigError
 from optbench.schema import TrainerConfig, check_value
+
+if TYPE_CHECKING:
+    from optbench.tasks import Task
 
 # Components and the arguments that optbench passes itself (never from the config).
 COMPONENTS = {
@@ -51,30 +54,91 @@ def validate_config(cfg: DictConfig, preview: bool = False) -> list[str]:
     """Raise ConfigError listing every problem of `cfg`; return its warnings when it is runnable.
 
     Warnings name what is runnable but cannot be what was meant (a cosine that ends before the
-    run). `preview` (for `optbench schedules`) checks only what a schedule preview uses (trainer
-    and scheduler), and demotes a warmup longer than the run to a warning so that it is shown.
+    run). `preview` (for `optbench schedules`) checks only what a schedule preview uses (trainer,
+    scheduler, data, the LR scaling), and demotes a warmup longer than the run to a warning so
+    that it is shown.
     """
     problems = check_trainer(cfg.trainer)
-    for group in ("scheduler",) if preview else COMPONENTS:
+    for group in ("scheduler", "data") if preview else COMPONENTS:
         problems += check_component(group, cfg[group], COMPONENTS[group])
+    problems += lr_scaling.problems(cfg.optimizer)  # the preview scales the LR too
     if not preview:
-        problems += lr_scaling.problems(cfg.optimizer) + distributed.problems(cfg)
-    if not preview:
-        for key, node in wrapped_optimizers(cfg.optimizer):
+        problems += distributed.problems(cfg)
+        for key, node in nested_components(cfg.optimizer, "optimizer"):
             problems += check_component(key, node, COMPONENTS["optimizer"])
-    if not preview and cfg.get("gan") is not None:  # a GAN's own optimizers and schedulers
-        for net in ("g", "d"):
-            problems += check_component(f"gan.{net}", cfg.gan[net], COMPONENTS["optimizer"])
-            problems += check_component(f"gan.{net}_scheduler", cfg.gan[f"{net}_scheduler"], COMPONENTS["scheduler"])
+    if not preview and cfg.get("gan") is not None:
+        problems += check_gan(cfg)
+    if not preview:
+        problems += check_memory_format(cfg)
     if not problems and not preview:
         problems += dry_run_optimizer(cfg.optimizer)
     warnings: list[str] = []
     if not problems:
-        schedule_problems, warnings = check_schedule(cfg, preview)
+        task = workload_task(cfg.data)
+        if not preview and task.for_gans != (cfg.get("gan") is not None):
+            problems.append(
+                f"data._target_={cfg.data._target_} with model._target_={cfg.model._target_}: "
+                + ("these data are samples for a GAN to imitate; choose model=gan_ring (data=ring) or "
+                   "model=dcgan (data=digit_images)." if task.for_gans else
+                   "a GAN trains on samples to imitate; choose data=ring (model=gan_ring) or data=digit_images "
+                   "(model=dcgan)."))
+            raise ConfigError(problems)
+        logged = logged_metrics(task, cfg.trainer)
+        schedule_problems, warnings = check_schedule(cfg, preview, logged)
         problems += schedule_problems
+        if not preview:
+            problems += check_target(cfg.data, task)
+            warnings += check_monitor(cfg.trainer.monitor, logged)
     if problems:
         raise ConfigError(problems)
     return warnings
+
+
+def check_gan(cfg: DictConfig) -> list[str]:
+    """A GAN's own optimizers and schedulers, and the settings a GAN workload does not use.
+
+    A GAN trains its networks with `gan.g` and `gan.d` (and their schedulers), so a choice of the
+    `optimizer` or `scheduler` group on the command line would be ignored: it is refused instead.
+    """
+    model = f"model._target_={cfg.model._target_}"
+    problems = []
+    for net in ("g", "d"):
+        problems += check_component(f"gan.{net}", cfg.gan[net], COMPONENTS["optimizer"])
+        problems += check_component(f"gan.{net}_scheduler", cfg.gan[f"{net}_scheduler"], COMPONENTS["scheduler"])
+        problems += lr_scaling.problems(cfg.gan[net])
+        nodes = [(f"gan.{net}", cfg.gan[net]), *nested_components(cfg.gan[net], f"gan.{net}")]
+        problems += [f"{key}._target_={node._target_}: it estimates a Hessian from class logits, which "
+                     f"a GAN ({model}) does not have; choose another optimizer with optimizer@gan.{net}=NAME."
+                     for key, node in nodes if _estimates_hessian(node)]
+    overrides = cfg.get("hydra", {}).get("overrides", {}).get("task", []) or []
+    for override in map(str, overrides):
+        key = override.lstrip("+~").split("=", 1)[0]
+        group = key.rpartition("@")[2].split(".", 1)[0]  # where it lands: optimizer@gan.g lands in gan
+        if group in ("optimizer", "scheduler"):
+            problems.append(f"{override}: a GAN ({model}) trains with gan.g and gan.d and their schedulers "
+                            f"gan.g_scheduler and gan.d_scheduler; the {group} group is not used. Choose with "
+                            f"{group}@gan.g{'_scheduler' if group == 'scheduler' else ''}=NAME, set fields "
+                            f"with gan.g{'_scheduler' if group == 'scheduler' else ''}.FIELD=VALUE.")
+    return problems
+
+
+def check_memory_format(cfg: DictConfig) -> list[str]:
+    """Channels-last is a layout of image convolutions: refused for a model that reads no images."""
+    try:
+        reads = getattr(locate(str(cfg.model._target_)), "inputs", None)
+    except Exception:  # an import problem is reported by the component check
+        return []
+    if cfg.trainer.get("channels_last") and reads is not None and "images" not in reads:
+        return [f"trainer.channels_last=true: model._target_={cfg.model._target_} reads {' or '.join(reads)}, "
+                f"not images; channels-last is a memory format for image convolutions (set it to false)."]
+    return []
+
+
+def _estimates_hessian(node: DictConfig) -> bool:
+    try:
+        return hasattr(locate(str(node._target_)), "update_hessian")
+    except Exception:  # an import problem is reported by the component check
+        return False
 
 
 def _fmt(value: Any) -> str:
@@ -132,10 +196,11 @@ def check_component(group: str, node: DictConfig, supplied: set[str]) -> list[st
     kwargs = arguments(node)
     hints = _hints(obj)
     problems = []
+    nested = inner_components(node)
     for key, value in kwargs.items():
-        if isinstance(value, dict) and "_target_" in value:
-            continue  # a wrapped optimizer: checked on its own (wrapped_optimizers)
-        if group == "optimizer" and key in lr_scaling.SETTINGS:
+        if key in nested:
+            continue  # a wrapped optimizer: checked on its own (nested_components)
+        if group == "optimizer" and key in LR_SCALING_KEYS:
             continue  # optbench's own settings, checked by lr_scaling.problems
         if names is not None and key not in names:
             allowed = sorted(names - supplied - {"self"})
@@ -176,15 +241,6 @@ def _hints(obj: Any) -> dict[str, Any]:
         return {}
 
 
-def wrapped_optimizers(node: DictConfig, key: str = "optimizer") -> list[tuple[str, DictConfig]]:
-    """(key, node) of each optimizer nested in an optimizer's config (Lookahead's `inner`)."""
-    found = []
-    for name, value in node.items():
-        if isinstance(value, DictConfig) and "_target_" in value:
-            found += [(f"{key}.{name}", value), *wrapped_optimizers(value, f"{key}.{name}")]
-    return found
-
-
 def dry_run_optimizer(node: DictConfig) -> list[str]:
     """Construct the optimizer on one dummy parameter: its own argument checks speak too."""
     import torch
@@ -198,8 +254,9 @@ def dry_run_optimizer(node: DictConfig) -> list[str]:
     return []
 
 
-def check_schedule(cfg: DictConfig, preview: bool) -> tuple[list[str], list[str]]:
-    """(problems, warnings) of the scheduler over the run's length.
+def check_schedule(cfg: DictConfig, preview: bool, logged: list[str]) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the scheduler over the run's length, at the run's base LR; `logged`:
+    the validation metrics that the run logs (`logged_metrics`), which a plateau can follow.
 
     A run's check builds the scheduler on its optimizer over a stand-in parameter; a preview of
     one of optbench's schedules builds the schedule alone, which needs no torch.
@@ -209,12 +266,13 @@ def check_schedule(cfg: DictConfig, preview: bool) -> tuple[list[str], list[str]
 
     try:
         run_steps, steps_per_epoch = planned_length(cfg)
+        optimizer, base_lr = lr_scaling.scaled_optimizer(cfg.optimizer, lr_scaling.planned_batch(cfg))
         if preview and is_schedule(cfg.scheduler):
-            schedule = build_schedule(cfg.scheduler, run_steps, steps_per_epoch, cfg.optimizer.get("lr"))
+            schedule = build_schedule(cfg.scheduler, run_steps, steps_per_epoch, base_lr.value)
         else:
             import torch
 
-            scheduler = stand_in_scheduler(cfg, run_steps, steps_per_epoch)
+            scheduler = stand_in_scheduler(optimizer, cfg.scheduler, run_steps, steps_per_epoch)
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 return [f"scheduler._target_={cfg.scheduler._target_}: steps on a metric, not once per "
                         f"optimizer step; use scheduler=plateau (scheduler.metric names the metric)."], []
@@ -226,17 +284,53 @@ def check_schedule(cfg: DictConfig, preview: bool) -> tuple[list[str], list[str]
     if schedule is None:  # a torch scheduler: nothing more to know about it
         return [], []
     problems, warnings = [], schedule.warnings(run_steps)
-    if isinstance(schedule, Plateau) and schedule.metric not in validation_metrics():
-        problems.append(f"scheduler.metric={schedule.metric!r}: never logged; the evaluation logs "
-                        f"{', '.join(validation_metrics())}.")
+    if isinstance(schedule, Plateau) and schedule.metric not in logged:
+        problems.append(f"scheduler.metric={schedule.metric!r}: never logged; this workload's evaluation "
+                        f"logs {', '.join(logged)}.")
     warmup = schedule.warmup_problem(run_steps)
     if warmup is not None:
         (warnings if preview else problems).append(warmup)
     return problems, warnings
 
 
-def validation_metrics() -> list[str]:
-    """The metrics that each evaluation logs (imported late: the task module needs torch)."""
+def workload_task(data: DictConfig) -> type[Task] | Task:
+    """The task of the configured data: the class that their function declares
+    (`optbench.tasks.declares_task`), so that no data are built; else, for a data set of one's own
+    that declares none, the task of the data built. Imported late: the task module needs torch."""
+    from optbench.build import build_data
     from optbench.tasks import Classification
 
-    return list(Classification.metrics)
+    declared = getattr(locate(data._target_), "task", None)
+    if declared is not None:
+        return declared
+    return getattr(build_data(data), "task", None) or Classification  # what the trainer assumes
+
+
+def logged_metrics(task: type[Task] | Task, trainer: DictConfig) -> list[str]:
+    """The validation metrics that a run logs: its task's, and each again as `ema_<metric>` when
+    `trainer.ema.decay` is set (the EMA of the weights is evaluated beside them)."""
+    metrics = list(task.metrics)
+    if OmegaConf.select(trainer, "ema.decay") is not None:
+        metrics += [f"ema_{name}" for name in metrics]
+    return metrics
+
+
+def check_target(data: DictConfig, task: type[Task] | Task) -> list[str]:
+    """Problems of `data.target` against the task's metrics, as building the data would find them."""
+    from optbench.tasks import Target
+
+    try:
+        Target.parse(data.get("target"), task.metrics)
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+def check_monitor(monitor: str, logged: list[str]) -> list[str]:
+    """A warning when `trainer.monitor` is never logged: checkpoints/best.pt is then never written
+    and a sweep ranks every job NaN. Not an error: the default (`acc`) is runnable on any workload."""
+    if monitor in logged:
+        return []
+    return [f"trainer.monitor={monitor!r}: never logged (this workload's evaluation logs {', '.join(logged)}), "
+            f"so checkpoints/best.pt is never written and a sweep ranks every job NaN; set trainer.monitor "
+            f"and trainer.monitor_mode."]

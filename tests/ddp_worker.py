@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -45,7 +44,7 @@ def count_allreduces(run_dir: Path, sync_every_micro_batch: bool) -> tuple[int, 
 
     trainer.parallel_model.register_comm_hook(None, counting_allreduce)
     if sync_every_micro_batch:
-        trainer._gradient_sync = lambda last: nullcontext()  # type: ignore[method-assign]
+        trainer.update.no_sync = None  # every backward pass communicates
     trainer.fit()
     return len(calls), full_parameters(trainer)
 

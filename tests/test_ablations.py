@@ -19,7 +19,7 @@ from optbench.checkpoint import load
 from optbench.cli import main
 from optbench.config import job_config, register_recipes, sweep_variants, with_sweeper_params
 from optbench.datasets.regression import least_squares
-from optbench.gan import trainer_class
+from optbench.gan_trainer import trainer_class
 from optbench.memory import LiveTensorBytes
 from optbench.report_plots import draw_curves
 from optbench.runs import Target, find_runs, group_runs, load_run, varied_keys

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from conftest import read_summary, run_cli, run_dirs
 from optbench.config import compose, job_config, register_recipes
-from optbench.gan import trainer_class
+from optbench.gan_trainer import trainer_class
 from optbench.paths import recipes_dir
 
 RECIPES = sorted(p.stem for p in recipes_dir().glob("*.yaml"))

@@ -33,7 +33,7 @@ def make_optimizer(lrs: list[float], kind: str = "sgd") -> torch.optim.Optimizer
 def ours(name: str, *overrides: str, total: int = TOTAL, kind: str = "sgd", lrs: list[float] = BASE_LRS):
     """optbench's scheduler from `scheduler=name` and overrides, on a fresh optimizer."""
     cfg = compose([f"scheduler={name}", f"trainer.max_steps={total}", *overrides])
-    return build_scheduler(cfg.scheduler, make_optimizer(lrs, kind), total, steps_per_epoch=50)
+    return build_scheduler(cfg.scheduler, make_optimizer(lrs, kind), total, 50, base_lr=lrs[0])
 
 
 def run(scheduler, steps: int, metrics: list[float] | None = None, every: int = 1) -> list[list[float]]:

@@ -25,7 +25,7 @@ def scheduler_values(overrides: list[str], steps: int) -> dict[str, list[float]]
     cfg = compose(overrides)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr,
                                 momentum=cfg.optimizer.get("momentum", 0.9))
-    scheduler = build_scheduler(cfg.scheduler, optimizer, steps, None)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, steps, None, base_lr=cfg.optimizer.lr)
     values: dict[str, list[float]] = {"lr": [], "momentum": []}
     for _ in range(steps):
         values["lr"].append(optimizer.param_groups[0]["lr"])

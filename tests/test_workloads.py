@@ -13,7 +13,7 @@ from optbench import checkpoint
 from optbench.config import job_config
 from optbench.datasets.text import counting, unigram_loss
 from optbench.errors import ConfigError
-from optbench.gan import GANTrainer, trainer_class
+from optbench.gan_trainer import GANTrainer, trainer_class
 from optbench.models import Bert, TorchvisionResNet, TorchvisionViT
 from optbench.param_groups import LayerDecay, Rules
 from optbench.tasks import Target

@@ -1,7 +1,7 @@
 """Samples for GANs that need no download: a ring of Gaussians, and the bundled digits as images.
 
 The labels are placeholders (a GAN trains on the samples alone); the task measures the generated
-samples against the known modes (`optbench.gan.SampleQuality`).
+samples against the known modes (`optbench.sample_quality.SampleQuality`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from optbench.data import InMemoryData, split
-from optbench.gan import NearestNeighbourCoverage, RingCoverage
+from optbench.sample_quality import NearestNeighbourCoverage, RingCoverage
 from optbench.schema import PositiveFloat, PositiveInt, UnitInterval
+from optbench.tasks import declares_task
 
 
+@declares_task(RingCoverage)
 def ring(batch_size: PositiveInt = 256, modes: PositiveInt = 8, radius: PositiveFloat = 2.0,
          std: PositiveFloat = 0.05, train_size: PositiveInt = 65536, seed: int = 0,
          target: Optional[str] = "modes >= 7") -> InMemoryData:
@@ -33,6 +35,7 @@ def ring(batch_size: PositiveInt = 256, modes: PositiveInt = 8, radius: Positive
                         task=RingCoverage(centers, std, target))
 
 
+@declares_task(NearestNeighbourCoverage)
 def digit_images(batch_size: PositiveInt = 64, size: PositiveInt = 32, val_fraction: UnitInterval = 0.2,
                  split_seed: int = 0, target: Optional[str] = "modes >= 10") -> InMemoryData:
     """The bundled 8x8 digits upsampled to `size`x`size` in [-1, 1] (a DCGAN's tanh range)."""

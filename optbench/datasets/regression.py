@@ -23,11 +23,12 @@ import torch
 
 from optbench.data import InMemoryData
 from optbench.schema import NonNegativeFloat, PositiveInt, Range
-from optbench.tasks import LeastSquares
+from optbench.tasks import LeastSquares, declares_task
 
 AtLeastOne = Annotated[float, Range(low=1)]
 
 
+@declares_task(LeastSquares)
 def least_squares(batch_size: PositiveInt = 64, dim: PositiveInt = 20, condition: AtLeastOne = 100.0,
                   train_size: PositiveInt = 1024, val_size: PositiveInt = 1024, noise: NonNegativeFloat = 0.0,
                   seed: int = 0, target: Optional[str] = "loss <= 0.001") -> InMemoryData:

@@ -22,7 +22,7 @@ import torch
 from optbench.data import InMemoryData, split
 from optbench.errors import ConfigError
 from optbench.schema import PositiveInt, UnitInterval
-from optbench.tasks import IGNORE, Batch, Classification, TokenPrediction
+from optbench.tasks import IGNORE, Batch, Classification, TokenPrediction, declares_task
 
 MASK = 256
 VOCAB = 257
@@ -66,6 +66,7 @@ def unigram_loss(labels: torch.Tensor) -> float:
     return float(-(p * p.log()).sum())
 
 
+@declares_task(TokenPrediction)
 def chars(batch_size: PositiveInt = 64, seq_len: PositiveInt = 128, max_chars: PositiveInt = 2_000_000,
           val_fraction: UnitInterval = 0.1, target: Optional[str] = "bits <= 2.5") -> InMemoryData:
     """Character-level language modelling: predict each next byte of the stdlib's source.
@@ -112,6 +113,7 @@ class MaskedText(InMemoryData):
             yield mask_tokens(x, generator, self.mask_prob)
 
 
+@declares_task(TokenPrediction)
 def masked_chars(batch_size: PositiveInt = 64, seq_len: PositiveInt = 64, max_chars: PositiveInt = 2_000_000,
                  val_fraction: UnitInterval = 0.1, mask_prob: UnitInterval = 0.15,
                  target: Optional[str] = "bits <= 2.0") -> InMemoryData:
@@ -127,6 +129,7 @@ def masked_chars(batch_size: PositiveInt = 64, seq_len: PositiveInt = 64, max_ch
     return data
 
 
+@declares_task(Classification)
 def code_topics(batch_size: PositiveInt = 32, seq_len: PositiveInt = 64,
                 packages: tuple[str, ...] = ("asyncio", "email", "multiprocessing", "xml"),
                 per_class: PositiveInt = 2000, val_fraction: UnitInterval = 0.2, split_seed: int = 0,
@@ -150,6 +153,7 @@ def code_topics(batch_size: PositiveInt = 32, seq_len: PositiveInt = 64,
                         task=Classification(target), vocab_size=VOCAB)
 
 
+@declares_task(Classification)
 def counting(batch_size: PositiveInt = 64, seq_len: PositiveInt = 64, num_classes: PositiveInt = 4,
              noise_tokens: PositiveInt = 16, max_count: PositiveInt = 4, train_size: PositiveInt = 8192,
              val_size: PositiveInt = 1024, seed: int = 0, target: Optional[str] = "acc >= 0.95") -> InMemoryData:

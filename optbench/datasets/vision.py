@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from optbench.data import DataSpec, count_batches, epoch_generator, shard
 from optbench.errors import ConfigError
 from optbench.schema import NonNegativeInt, PositiveInt
-from optbench.tasks import Batch, Classification
+from optbench.tasks import Batch, Classification, declares_task
 
 CIFAR_MEAN_STD = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -97,6 +97,7 @@ CIFAR_FILES = {"cifar10": ("cifar-10-batches-py", "CIFAR10", "cifar-10-python.ta
                "cifar100": ("cifar-100-python", "CIFAR100", "cifar-100-python.tar.gz")}
 
 
+@declares_task(Classification)
 def cifar(name: Literal["cifar10", "cifar100"] = "cifar10", root: str = "~/data", download: bool = False,
           batch_size: PositiveInt = 128, num_workers: NonNegativeInt = 2,
           target: Optional[str] = "acc >= 0.93") -> LoaderData:
@@ -129,6 +130,7 @@ def cifar(name: Literal["cifar10", "cifar100"] = "cifar10", root: str = "~/data"
     return LoaderData(train, val, DataSpec((3, 32, 32), classes, "images"), batch_size, num_workers, target)
 
 
+@declares_task(Classification)
 def imagenet(root: str = "~/data/imagenet", batch_size: PositiveInt = 256, num_workers: NonNegativeInt = 8,
              image_size: PositiveInt = 224, target: Optional[str] = "acc >= 0.75") -> LoaderData:
     """ImageNet (or any data in its layout) as ImageFolders: `root/train/<class>/*.JPEG` and

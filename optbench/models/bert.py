@@ -19,6 +19,7 @@ from torch import nn
 from optbench import checkpoint
 from optbench.errors import ConfigError
 from optbench.models.vit import Block
+from optbench.run_folder import RunFolder
 from optbench.schema import Fraction, PositiveInt
 
 log = logging.getLogger("optbench")
@@ -75,7 +76,7 @@ class Bert(nn.Module):
     def load_body(self, path: Path) -> None:
         """Every weight but `head.*` from a checkpoint file, or a run folder's checkpoints/last.pt."""
         if path.is_dir():
-            path = path / "checkpoints" / "last.pt"
+            path = RunFolder(path).last_checkpoint
         state = checkpoint.load(path, key="model.pretrained")["model"]
         body = {k: v for k, v in state.items() if not k.startswith("head.")}
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("head.")}

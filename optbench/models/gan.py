@@ -1,4 +1,4 @@
-"""GANs: a generator and a discriminator in one module, trained alternately by `GANTrainer`.
+"""GANs: a generator and a discriminator in one module, trained alternately by `optbench.gan_trainer.GANTrainer`.
 
 `RingGAN` is the multi-layer perceptron pair of the 2-D mixture experiments (Metz et al. 2017,
 arXiv:1611.02163); `DCGAN` is Radford et al.'s convolutional pair (2016, arXiv:1511.06434) with

@@ -134,3 +134,26 @@ class FusableOptimizer(torch.optim.Optimizer):
             if params:
                 yield group, params
 
+
+class TrustRatioOptimizer(FusableOptimizer):
+    """A FusableOptimizer that scales each tensor's step by a trust ratio (LAMB, LARS) and reports
+    the ratios of a step asked for beforehand (`optbench.optim.wrapping.ReportsTrustRatios`).
+
+    Only on request: the C kernels keep their ratios to themselves, so reporting them costs a
+    step some work, and reading them costs a device-to-host copy.
+    """
+
+    def request_trust_ratios(self) -> None:
+        # Cleared here, not when read: a step that never comes (skipped on overflow) reports nothing.
+        self._trust_ratios: dict[Tensor, Tensor] = {}
+        self._trust_ratios_requested = True
+
+    def trust_ratios(self) -> dict[Tensor, Tensor]:
+        return getattr(self, "_trust_ratios", {})  # absent after unpickling
+
+    def trust_ratios_to_keep(self) -> dict[Tensor, Tensor] | None:
+        """For `step()` to call first: where to put its ratios if they were requested, else None."""
+        if not getattr(self, "_trust_ratios_requested", False):
+            return None
+        self._trust_ratios_requested = False
+        return self._trust_ratios

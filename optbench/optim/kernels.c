@@ -27,6 +27,27 @@ static int64_t block_end(int64_t start, int64_t n) {
     return start + BLOCK < n ? start + BLOCK : n;
 }
 
+/* A pragma inside a macro: #pragma cannot be written there, _Pragma("...") can. */
+#define PRAGMA(...) _Pragma(#__VA_ARGS__)
+
+/* The one pass of LAMB and LARS that reduces a tensor's two norms: runs BODY for each i in [0, n),
+ * in blocks of BLOCK elements, each block one vectorised loop, the blocks split across `threads`
+ * threads where n is large. BODY adds to the `real`s `block_a` and `block_b`; their sums over all
+ * blocks are added to the doubles SUM_A and SUM_B. */
+#define SUM_IN_BLOCKS(n, threads, sum_a, sum_b, ...)                                               \
+    PRAGMA(omp parallel for num_threads(threads) if(n >= PARALLEL_MIN)                              \
+           reduction(+:sum_a, sum_b) schedule(static))                                              \
+    for (int64_t start = 0; start < n; start += BLOCK) {                                            \
+        const int64_t end = block_end(start, n);                                                    \
+        real block_a = 0, block_b = 0;                                                              \
+        PRAGMA(omp simd reduction(+:block_a, block_b))                                              \
+        for (int64_t i = start; i < end; i++) {                                                     \
+            __VA_ARGS__                                                                             \
+        }                                                                                           \
+        sum_a += block_a;                                                                           \
+        sum_b += block_b;                                                                           \
+    }
+
 #define real float
 #define sqrt_real sqrtf
 #define NAME(base) base##_float32

@@ -1,6 +1,8 @@
 /* LAMB's, LARS's and Lion's steps for one element type; included by kernels.c with `real` and `NAME` set.
  * Each takes `count` tensors as arrays of pointers with their `sizes`; all are dense, and a
- * parameter's gradient and state tensors have its layout. */
+ * parameter's gradient and state tensors have its layout. Their argument lists are KERNELS in
+ * native.py, which compiles prototypes made from it ahead of these: a definition that differs
+ * from its prototype fails to build. */
 
 /* LAMB (optbench/optim/lamb.py): for each tensor
  *   m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g²,  u = (m / bc1) / (√(v / bc2) + ε) + λ p
@@ -19,22 +21,13 @@ void NAME(lamb_step)(int64_t count, real *const *params, const real *const *grad
         /* multiplying by the reciprocals is cheaper than dividing by bc1 and √bc2 */
         const real c1 = 1.0 / bias_corrections1[k], c2 = 1.0 / sqrt(bias_corrections2[k]);
         double param_sq = 0.0, update_sq = 0.0;
-        #pragma omp parallel for num_threads(threads) if(n >= PARALLEL_MIN) \
-            reduction(+:param_sq, update_sq) schedule(static)
-        for (int64_t start = 0; start < n; start += BLOCK) {
-            const int64_t end = block_end(start, n);
-            real block_p = 0, block_u = 0;
-            #pragma omp simd reduction(+:block_p, block_u)
-            for (int64_t i = start; i < end; i++) {
-                m[i] = m[i] * b1 + g[i] * a1;
-                v[i] = v[i] * b2 + g[i] * g[i] * a2;
-                u[i] = m[i] * c1 / (sqrt_real(v[i]) * c2 + e) + wd * p[i];
-                block_p += p[i] * p[i];
-                block_u += u[i] * u[i];
-            }
-            param_sq += block_p;
-            update_sq += block_u;
-        }
+        SUM_IN_BLOCKS(n, threads, param_sq, update_sq,
+            m[i] = m[i] * b1 + g[i] * a1;
+            v[i] = v[i] * b2 + g[i] * g[i] * a2;
+            u[i] = m[i] * c1 / (sqrt_real(v[i]) * c2 + e) + wd * p[i];
+            block_a += p[i] * p[i];
+            block_b += u[i] * u[i];
+        )
         const real step = -lr * trust_ratio(sqrt(param_sq), sqrt(update_sq), 1.0);
         #pragma omp parallel for simd num_threads(threads) if(n >= PARALLEL_MIN) schedule(static)
         for (int64_t i = 0; i < n; i++)
@@ -53,19 +46,10 @@ void NAME(lars_step)(int64_t count, real *const *params, const real *const *grad
         const real *restrict g = grads[k];
         const int64_t n = sizes[k];
         double param_sq = 0.0, grad_sq = 0.0;
-        #pragma omp parallel for num_threads(threads) if(n >= PARALLEL_MIN) \
-            reduction(+:param_sq, grad_sq) schedule(static)
-        for (int64_t start = 0; start < n; start += BLOCK) {
-            const int64_t end = block_end(start, n);
-            real block_w = 0, block_g = 0;
-            #pragma omp simd reduction(+:block_w, block_g)
-            for (int64_t i = start; i < end; i++) {
-                block_w += w[i] * w[i];
-                block_g += g[i] * g[i];
-            }
-            param_sq += block_w;
-            grad_sq += block_g;
-        }
+        SUM_IN_BLOCKS(n, threads, param_sq, grad_sq,
+            block_a += w[i] * w[i];
+            block_b += g[i] * g[i];
+        )
         const double w_norm = sqrt(param_sq);
         const real local_lr = trust_ratio(w_norm, sqrt(grad_sq) + weight_decay * w_norm + eps, trust_coefficient);
         #pragma omp parallel for simd num_threads(threads) if(n >= PARALLEL_MIN) schedule(static)

@@ -16,8 +16,8 @@ from torch import Tensor
 
 from optbench.optim import native
 from optbench.optim.base import (
-    FusableOptimizer,
     StepKernel,
+    TrustRatioOptimizer,
     check_hyperparameters,
     evaluate_closure,
     trust_ratio,
@@ -41,7 +41,7 @@ def _adam_direction(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Te
 _kernel = StepKernel(_adam_direction)
 
 
-class Lamb(FusableOptimizer):
+class Lamb(TrustRatioOptimizer):
     """LAMB (You et al. 2019): AdamW whose step is rescaled to ‖x‖/‖update‖ for each tensor.
 
     The weight decay is decoupled from the moments (as in the paper) and included in the update
@@ -61,6 +61,7 @@ class Lamb(FusableOptimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = evaluate_closure(closure)
+        kept_ratios = self.trust_ratios_to_keep()
         for group, params in self.groups_to_step():
             beta1, beta2 = group["betas"]
             states = [self.zero_state(p, "exp_avg", "exp_avg_sq") for p in params]
@@ -74,15 +75,20 @@ class Lamb(FusableOptimizer):
             exp_avg_sqs = [state["exp_avg_sq"] for state in states]
             bias_corrections1, bias_corrections2 = [1 - beta1**t for t in steps], [1 - beta2**t for t in steps]
             hyper = dict(beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
-            if native.usable(group["fused"], [params, grads, exp_avgs, exp_avg_sqs]):
-                native.lamb_step(params, grads, exp_avgs, exp_avg_sqs, bias_corrections1, bias_corrections2,
-                                 self._update_buffer(params), lr=group["lr"], **hyper)
+            in_c = native.usable(group["fused"], [params, grads, exp_avgs, exp_avg_sqs])
+            if in_c and kept_ratios is None:
+                native.step("lamb_step", in_c, bias_corrections1=bias_corrections1,
+                            bias_corrections2=bias_corrections2, scratch=self._update_buffer(params),
+                            lr=group["lr"], **hyper)
                 continue
-            updates = _kernel(group["fused"], params, grads, exp_avgs, exp_avg_sqs,
+            # The C kernel keeps its trust ratios to itself: a step that must report them runs plain.
+            updates = _kernel(False if in_c else group["fused"], params, grads, exp_avgs, exp_avg_sqs,
                               bias_corrections1, bias_corrections2, **hyper)
             # x ← x − η ‖x‖/‖u‖ · u; the norms outside the kernel (ATen's reductions are faster).
             ratios = trust_ratio(torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(updates)))
             torch._foreach_addcmul_(params, updates, list((-group["lr"] * ratios).unbind()))
+            if kept_ratios is not None:
+                kept_ratios.update(zip(params, ratios.unbind()))
         return loss
 
     def _update_buffer(self, params: list[Tensor]) -> Tensor:

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from optbench.optim import native
 from optbench.optim.base import (
-    FusableOptimizer,
     StepKernel,
+    TrustRatioOptimizer,
     check_hyperparameters,
     evaluate_closure,
     trust_ratio,
@@ -23,12 +23,17 @@ from optbench.optim.base import (
 from optbench.schema import Fraction, NonNegativeFloat, PositiveFloat
 
 
+def _local_lr(param_norm: Tensor, grad_norm: Tensor, *,
+              weight_decay: float, trust_coefficient: float, eps: float) -> Tensor:
+    """λ = η ‖w‖ / (‖∇L(w)‖ + β‖w‖): the paper's local LR (‖g‖ + β‖w‖ bounds ‖g + βw‖)."""
+    return trust_ratio(param_norm, grad_norm + weight_decay * param_norm + eps, trust_coefficient)
+
+
 def _lars(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor],
           param_norms: list[Tensor], grad_norms: list[Tensor], *,
           lr: float, momentum: float, weight_decay: float, trust_coefficient: float, eps: float) -> None:
     for p, g, buf, w_norm, g_norm in zip(params, grads, momentum_buffers, param_norms, grad_norms):
-        # λ = η ‖w‖ / (‖∇L(w)‖ + β‖w‖): the paper's local LR, the bound ‖g‖ + β‖w‖ for ‖g + βw‖
-        local_lr = trust_ratio(w_norm, g_norm + weight_decay * w_norm + eps, trust_coefficient)
+        local_lr = _local_lr(w_norm, g_norm, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
         buf.mul_(momentum).add_(local_lr * (g + weight_decay * p))  # v ← m v + λ (∇L(w) + βw)
         p.sub_(lr * buf)  # w ← w − γ v
 
@@ -36,7 +41,7 @@ def _lars(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tens
 _kernel = StepKernel(_lars)
 
 
-class Lars(FusableOptimizer):
+class Lars(TrustRatioOptimizer):
     """LARS (You et al. 2017): the global LR `lr` times a per-tensor trust ratio, with momentum.
 
     `trust_coefficient` is the paper's η; weight decay is the paper's L2 term β, inside the ratio.
@@ -58,14 +63,20 @@ class Lars(FusableOptimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = evaluate_closure(closure)
+        kept_ratios = self.trust_ratios_to_keep()
         for group, params in self.groups_to_step():
             # A zero buffer makes the first step v = λ(g + βw), as torch's SGD starts it.
             buffers = [self.zero_state(p, "momentum_buffer")["momentum_buffer"] for p in params]
             grads = [p.grad for p in params]
             hyper = dict(lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
                          trust_coefficient=group["trust_coefficient"], eps=group["eps"])
-            if native.usable(group["fused"], [params, grads, buffers]):
-                native.lars_step(params, grads, buffers, **hyper)
+            if kept_ratios is not None:  # the ratios this step is about to use (the C kernel keeps its own)
+                ratios = _local_lr(torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(grads)),
+                                   weight_decay=group["weight_decay"], trust_coefficient=group["trust_coefficient"],
+                                   eps=group["eps"])
+                kept_ratios.update(zip(params, ratios.unbind()))
+            if packed := native.usable(group["fused"], [params, grads, buffers]):
+                native.step("lars_step", packed, **hyper)
                 continue
             # Norms outside the kernel: ATen's multi-threaded reductions beat compiled ones on CPU.
             _kernel(group["fused"], params, grads, buffers,

@@ -56,8 +56,8 @@ class Lion(FusableOptimizer):
             grads = [p.grad for p in params]
             exp_avgs = [self.zero_state(p, "exp_avg")["exp_avg"] for p in params]
             hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"])
-            if native.usable(group["fused"], [params, grads, exp_avgs]):
-                native.lion_step(params, grads, exp_avgs, **hyper)
+            if packed := native.usable(group["fused"], [params, grads, exp_avgs]):
+                native.step("lion_step", packed, **hyper)
             else:
                 _kernel(group["fused"], params, grads, exp_avgs, **hyper)
         return loss

@@ -35,6 +35,9 @@ class Lookahead(Optimizer):
         super().__init__(inner.param_groups, dict(k=k, alpha=alpha, lookahead_step=0))
         self.state = inner.state
 
+    def wrapped_optimizers(self) -> list[Optimizer]:
+        return [self.inner]
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         # The slow weights start at θ0: copied before the inner optimizer's first step of each

@@ -9,7 +9,7 @@ using a standard method such as AdamW."
 
 from __future__ import annotations
 
-from collections import ChainMap
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -42,6 +42,31 @@ def split_hidden_matrices(groups: list[dict[str, Any]]) -> tuple[list[dict[str, 
     return muon, adamw
 
 
+class StateView(Mapping[Tensor, dict[str, Any]]):
+    """The states of several optimizers as one mapping, each parameter's in the optimizer that steps it.
+
+    Reading a parameter's state creates it (empty) in that optimizer only, as torch's own state
+    does; iterating creates nothing. (A ChainMap over their defaultdicts inserted every parameter
+    it read into the first one, whose state_dict() then failed on parameters it does not have.)
+    """
+
+    def __init__(self, optimizers: list[Optimizer]):
+        self._optimizers = optimizers
+        self._owner = {p: opt for opt in optimizers for group in opt.param_groups for p in group["params"]}
+
+    def __getitem__(self, param: Tensor) -> dict[str, Any]:
+        return self._owner[param].state[param]  # the owner's state is read anew: loading replaces it
+
+    def __contains__(self, param: object) -> bool:
+        return any(param in opt.state for opt in self._optimizers)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return (p for opt in self._optimizers for p in opt.state)
+
+    def __len__(self) -> int:
+        return sum(len(opt.state) for opt in self._optimizers)
+
+
 class MuonWithAdamW(Optimizer):
     """torch.optim.Muon (`lr`, `momentum`, ...) on hidden matrices; torch.optim.AdamW (`adamw_*`) on the rest.
 
@@ -57,6 +82,9 @@ class MuonWithAdamW(Optimizer):
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]
         muon_groups, adamw_groups = split_hidden_matrices(groups)
+        for group in adamw_groups:
+            if "lr" in group:  # a group's own LR is Muon's; its AdamW part keeps the ratio adamw_lr / lr
+                group["lr"] = adamw_lr * group["lr"] / lr if lr else adamw_lr
         self.inner: dict[str, Optimizer] = {}
         if muon_groups:
             self.inner["muon"] = torch.optim.Muon(muon_groups, lr=lr, momentum=momentum, nesterov=nesterov,
@@ -69,7 +97,10 @@ class MuonWithAdamW(Optimizer):
 
     def _share_inner(self) -> None:
         self.param_groups = [g for opt in self.inner.values() for g in opt.param_groups]
-        self.state = ChainMap(*(opt.state for opt in self.inner.values()))  # type: ignore[assignment]
+        self.state = StateView(self.wrapped_optimizers())  # type: ignore[assignment]
+
+    def wrapped_optimizers(self) -> list[Optimizer]:
+        return list(self.inner.values())
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:

@@ -11,6 +11,12 @@ optbench's cache folder (`$OPTBENCH_CACHE`, else `$XDG_CACHE_HOME/optbench`, els
 `~/.cache/optbench`), then loaded with ctypes. The kernels share torch's OpenMP runtime and
 thread count. Where building fails (no compiler, no OpenMP) a warning says so once and the
 optimizers take their torch.compile or plain path, against which the kernels are tested.
+
+Each kernel's argument list is written once, in KERNELS. From it come the C prototypes compiled
+ahead of kernels.c, so that a C definition that differs from it fails to build (and the
+optimizers take their other path), and the ctypes argument types. Tensors reach a kernel only
+through `usable`, which checks and packs them; `step` checks every other argument against KERNELS
+and raises TypeError or ValueError on a mismatch, never passing C a pointer it cannot use.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import logging
 import os
 import platform
 import subprocess
+from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -32,20 +41,39 @@ log = logging.getLogger("optbench")
 
 HERE = Path(__file__).parent
 SOURCES = ("kernels.c", "kernels_step.h")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC")
-DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+# -Werror=missing-prototypes: a kernel defined in C but missing from KERNELS fails the build too.
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-Werror=missing-prototypes", "-shared", "-fPIC")
+DTYPES = {torch.float32: ("float32", "float"), torch.float64: ("float64", "double")}  # suffix, C type
 PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
-_P, _I64, _F64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-SIGNATURES = {
-    # count, params, grads, exp_avgs, exp_avg_sqs, sizes, bias corrections 1 and 2, scratch,
-    # lr, beta1, beta2, eps, weight_decay, threads
-    "lamb_step": [_I64, _P, _P, _P, _P, _P, _P, _P, _P, _F64, _F64, _F64, _F64, _F64, _INT],
-    # count, params, grads, momentum_buffers, sizes, lr, momentum, weight_decay,
-    # trust_coefficient, eps, threads
-    "lars_step": [_I64, _P, _P, _P, _P, _F64, _F64, _F64, _F64, _F64, _INT],
-    # count, params, grads, exp_avgs, sizes, lr, beta1, beta2, weight_decay, threads
-    "lion_step": [_I64, _P, _P, _P, _P, _F64, _F64, _F64, _F64, _INT],
+
+class Kind(NamedTuple):
+    """What one kernel argument is: its C type (`real` being the element type) and ctypes type."""
+    c_type: str
+    ctype: type
+
+
+COUNT = Kind("int64_t", ctypes.c_int64)  # how many tensors were packed
+TENSORS = Kind("real *const *", ctypes.c_void_p)  # one packed tensor list, written through
+INPUTS = Kind("const real *const *", ctypes.c_void_p)  # one packed tensor list, read only
+SIZES = Kind("const int64_t *", ctypes.c_void_p)  # the packed tensors' element counts
+PER_TENSOR = Kind("const double *", ctypes.c_void_p)  # given: a number for each tensor
+SCRATCH = Kind("real *", ctypes.c_void_p)  # given: a contiguous buffer as large as the largest tensor
+NUMBER = Kind("double", ctypes.c_double)  # given: a hyperparameter
+THREADS = Kind("int", ctypes.c_int)  # torch's thread count
+
+# Each kernel's arguments in order, as kernels_step.h defines them for each element type.
+KERNELS: dict[str, tuple[tuple[str, Kind], ...]] = {
+    "lamb_step": (("count", COUNT), ("params", TENSORS), ("grads", INPUTS), ("exp_avgs", TENSORS),
+                  ("exp_avg_sqs", TENSORS), ("sizes", SIZES), ("bias_corrections1", PER_TENSOR),
+                  ("bias_corrections2", PER_TENSOR), ("scratch", SCRATCH), ("lr", NUMBER), ("beta1", NUMBER),
+                  ("beta2", NUMBER), ("eps", NUMBER), ("weight_decay", NUMBER), ("threads", THREADS)),
+    "lars_step": (("count", COUNT), ("params", TENSORS), ("grads", INPUTS), ("momentum_buffers", TENSORS),
+                  ("sizes", SIZES), ("lr", NUMBER), ("momentum", NUMBER), ("weight_decay", NUMBER),
+                  ("trust_coefficient", NUMBER), ("eps", NUMBER), ("threads", THREADS)),
+    "lion_step": (("count", COUNT), ("params", TENSORS), ("grads", INPUTS), ("exp_avgs", TENSORS),
+                  ("sizes", SIZES), ("lr", NUMBER), ("beta1", NUMBER), ("beta2", NUMBER),
+                  ("weight_decay", NUMBER), ("threads", THREADS)),
 }
 
 
@@ -60,28 +88,48 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (with a warning, once) where they cannot be built here."""
     try:
         lib = ctypes.CDLL(str(_build()))
-    except (OSError, subprocess.SubprocessError) as e:
-        reason = getattr(e, "stderr", None) or str(e)
+        for name, arguments in KERNELS.items():
+            for suffix, _ in DTYPES.values():
+                function = getattr(lib, f"{name}_{suffix}")  # AttributeError: declared, never defined
+                function.argtypes, function.restype = [kind.ctype for _, kind in arguments], None
+    except (OSError, AttributeError, subprocess.SubprocessError) as e:
+        reason = (getattr(e, "stderr", None) or str(e)).strip()
         log.warning("optbench's C kernels for LAMB, LARS and Lion could not be built (%s); they take their "
-                    "torch.compile or plain path", reason.strip().splitlines()[0] if reason.strip() else e)
+                    "torch.compile or plain path", _first_error(reason) or e)
         return None
-    for name, argtypes in SIGNATURES.items():
-        for dtype in DTYPES.values():
-            function = getattr(lib, f"{name}_{dtype}")
-            function.argtypes, function.restype = argtypes, None
     return lib
+
+
+def _first_error(compiler_output: str) -> str:
+    """The line that says what failed: the compiler's first error, else the first line."""
+    lines = compiler_output.splitlines()
+    return next((line for line in lines if "error" in line), lines[0] if lines else "")
+
+
+def prototypes() -> str:
+    """C declarations of every kernel in KERNELS for each element type."""
+    lines = ["#include <stdint.h>"]
+    for suffix, real in DTYPES.values():
+        for name, arguments in KERNELS.items():
+            typed = ", ".join(f"{kind.c_type.replace('real', real)} {arg}" for arg, kind in arguments)
+            lines.append(f"void {name}_{suffix}({typed});")
+    return "\n".join(lines) + "\n"
 
 
 def _build() -> Path:
     """The shared library for this source, compiler and CPU, compiled unless already cached."""
     compiler = os.environ.get("CC", "cc")
-    key = hashlib.sha256(b"\0".join([*(HERE.joinpath(s).read_bytes() for s in SOURCES),
+    declarations = prototypes()
+    key = hashlib.sha256(b"\0".join([declarations.encode(), *(HERE.joinpath(s).read_bytes() for s in SOURCES),
                                      compiler.encode(), " ".join(FLAGS).encode(), _cpu()]))
     target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        subprocess.run([compiler, *FLAGS, str(HERE / "kernels.c"), "-o", str(partial)],
+        # kernels.c after the prototypes: the compiler rejects a definition whose types differ from
+        # them. Its full path: from standard input, a quoted include looks in the working folder first.
+        source = f'{declarations}#include "{HERE / "kernels.c"}"\n'
+        subprocess.run([compiler, *FLAGS, "-x", "c", "-", "-o", str(partial)], input=source,
                        check=True, capture_output=True, text=True, timeout=300)
         partial.replace(target)  # atomic: another process sees no library or a whole one
     return target
@@ -98,21 +146,51 @@ def _cpu() -> bytes:
     return f"{platform.machine()} {platform.processor()} {features}".encode()
 
 
-def usable(fused: bool | None, tensor_lists: Sequence[Sequence[Tensor]]) -> bool:
-    """Whether the kernels can step these tensors: `fused` is not False, they are dense CPU
-    tensors of one dtype the kernels have, each laid out like its parameter (the first list), and
-    the kernels build here."""
-    params = tensor_lists[0]
+@dataclass(slots=True)  # not frozen: that makes it 4x as slow to create, a cost on every step
+class Packed:
+    """Tensor lists that `usable` checked for the kernels, each with an array of its tensors' data
+    pointers, and the parameters' (the first list's) element counts. It holds the tensors, so that
+    the pointers stay valid while it lives."""
+    tensors: list[list[Tensor]]
+    dtype: torch.dtype
+    pointers: list[array]
+    sizes: array
+    largest: int
+
+
+def usable(fused: bool | None, tensor_lists: Sequence[Sequence[Tensor]]) -> Packed | None:
+    """The tensors packed for a kernel (the lists in its KERNELS order, the parameters first), or
+    None where the kernels cannot step them: `fused` is False, they are not dense CPU tensors of one
+    dtype the kernels have, each shaped and laid out like its parameter, or the kernels do not build
+    here. Lists of different lengths raise ValueError."""
+    params, *others = tensor_lists
     dtype = params[0].dtype
-    if fused is False or dtype not in DTYPES or not all(_dense(p) for p in params):
-        return False
-    strides = [p.stride() for p in params]
-    for tensors in tensor_lists:
-        for t, stride in zip(tensors, strides, strict=True):
-            # exact types: a tensor subclass (a DTensor shard under FSDP) has no plain data pointer
-            if type(t) not in PLAIN_TYPES or not t.is_cpu or t.dtype != dtype or t.stride() != stride:
-                return False
-    return library() is not None
+    if fused is False or dtype not in DTYPES:
+        return None
+    # arrays, not ctypes arrays, which take 10x as long to fill; "Q": torch's platforms have 64-bit pointers
+    layouts, addresses = [], array("Q")
+    for p in params:
+        # exact types: a tensor subclass (a DTensor shard under FSDP) has no plain data pointer
+        if type(p) not in PLAIN_TYPES or not p.is_cpu or p.dtype != dtype or not _dense(p):
+            return None
+        layouts.append((p.shape, p.stride()))
+        addresses.append(p.data_ptr())
+    pointers = [addresses]
+    for tensors in others:
+        if len(tensors) != len(params):
+            raise ValueError(f"tensor lists of {len(params)} and {len(tensors)} tensors: one each per parameter")
+        addresses = array("Q")
+        for t, (shape, stride) in zip(tensors, layouts):
+            # the shape and strides of a dense parameter: dense too, with as many elements
+            if (type(t) not in PLAIN_TYPES or not t.is_cpu or t.dtype != dtype
+                    or t.stride() != stride or t.shape != shape):
+                return None
+            addresses.append(t.data_ptr())
+        pointers.append(addresses)
+    if library() is None:
+        return None
+    sizes = array("q", [p.numel() for p in params])
+    return Packed([list(tensors) for tensors in tensor_lists], dtype, pointers, sizes, max(sizes))
 
 
 def _dense(t: Tensor) -> bool:
@@ -120,50 +198,53 @@ def _dense(t: Tensor) -> bool:
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
 
 
-def lamb_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-              bias_corrections1: list[float], bias_corrections2: list[float], scratch: Tensor, *,
-              lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
-    """One LAMB step in place (see kernels_step.h); `usable` must have said yes. `scratch`: a
-    contiguous buffer of the parameters' dtype with room for the largest one."""
-    if not (scratch.is_contiguous() and scratch.dtype == params[0].dtype
-            and scratch.numel() >= max(p.numel() for p in params)):  # the kernel writes through it
-        raise ValueError("lamb_step: scratch must be contiguous, of the parameters' dtype, and as large as the largest")
-    _function("lamb_step", params)(
-        len(params), _pointers(params), _pointers(grads), _pointers(exp_avgs), _pointers(exp_avg_sqs),
-        _sizes(params), _doubles(bias_corrections1), _doubles(bias_corrections2), scratch.data_ptr(),
-        lr, beta1, beta2, eps, weight_decay, torch.get_num_threads())
-    torch.autograd.graph.increment_version(params)
+def step(kernel: str, packed: Packed, **given: Any) -> None:
+    """Run `kernel` in place on the tensors `usable` packed, with its other arguments in KERNELS by
+    name. Each is checked against KERNELS first: a mismatch raises TypeError or ValueError."""
+    if not isinstance(packed, Packed):
+        raise TypeError(f"{kernel}: its tensors must be packed by native.usable, not a {type(packed).__name__}")
+    lists, wanted = _parts(kernel)
+    if len(packed.pointers) != len(lists):
+        raise TypeError(f"{kernel}: takes {len(lists)} tensor lists ({', '.join(lists)}), "
+                        f"{len(packed.pointers)} were packed")
+    if given.keys() != wanted.keys():
+        raise TypeError(f"{kernel}: takes {', '.join(wanted)}; given {', '.join(given)}")
+    count, pointers, values = len(packed.sizes), iter(packed.pointers), []
+    for name, kind in KERNELS[kernel]:
+        if kind is COUNT:
+            values.append(count)
+        elif kind is TENSORS or kind is INPUTS:
+            values.append(next(pointers))
+        elif kind is SIZES:
+            values.append(packed.sizes)
+        elif kind is PER_TENSOR:
+            if len(given[name]) != count:
+                raise ValueError(f"{kernel}: {name} has {len(given[name])} numbers for {count} tensors")
+            values.append(array("d", given[name]))
+        elif kind is SCRATCH:
+            values.append(_scratch(kernel, name, given[name], packed))
+        elif kind is NUMBER:
+            values.append(float(given[name]))
+        elif kind is THREADS:
+            values.append(torch.get_num_threads())
+    # `values` keeps the arrays alive through the call; ctypes raises TypeError on a missing value
+    function = getattr(library(), f"{kernel}_{DTYPES[packed.dtype][0]}")
+    function(*(v.buffer_info()[0] if type(v) is array else v for v in values))
+    torch.autograd.graph.increment_version(packed.tensors[0])
 
 
-def lars_step(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], *,
-              lr: float, momentum: float, weight_decay: float, trust_coefficient: float, eps: float) -> None:
-    """One LARS step in place (see kernels_step.h); `usable` must have said yes."""
-    _function("lars_step", params)(
-        len(params), _pointers(params), _pointers(grads), _pointers(momentum_buffers), _sizes(params),
-        lr, momentum, weight_decay, trust_coefficient, eps, torch.get_num_threads())
-    torch.autograd.graph.increment_version(params)
+@functools.cache
+def _parts(kernel: str) -> tuple[list[str], dict[str, None]]:
+    """The tensor lists `kernel` takes, and the arguments its callers give (by name), in order."""
+    arguments = KERNELS[kernel]
+    return ([name for name, kind in arguments if kind is TENSORS or kind is INPUTS],
+            dict.fromkeys(name for name, kind in arguments if kind in (PER_TENSOR, SCRATCH, NUMBER)))
 
 
-def lion_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *,
-              lr: float, beta1: float, beta2: float, weight_decay: float) -> None:
-    """One Lion step in place (see kernels_step.h); `usable` must have said yes."""
-    _function("lion_step", params)(
-        len(params), _pointers(params), _pointers(grads), _pointers(exp_avgs), _sizes(params),
-        lr, beta1, beta2, weight_decay, torch.get_num_threads())
-    torch.autograd.graph.increment_version(params)
-
-
-def _function(name: str, params: list[Tensor]) -> ctypes._CFuncPtr:
-    return getattr(library(), f"{name}_{DTYPES[params[0].dtype]}")
-
-
-def _pointers(tensors: list[Tensor]) -> ctypes.Array:
-    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
-
-
-def _sizes(tensors: list[Tensor]) -> ctypes.Array:
-    return (ctypes.c_int64 * len(tensors))(*(t.numel() for t in tensors))
-
-
-def _doubles(values: list[float]) -> ctypes.Array:
-    return (ctypes.c_double * len(values))(*values)
+def _scratch(kernel: str, name: str, buffer: Tensor, packed: Packed) -> int:
+    """The address of a buffer the kernel writes any one packed tensor's worth of elements through."""
+    if not (type(buffer) in PLAIN_TYPES and buffer.is_cpu and buffer.dtype == packed.dtype
+            and buffer.is_contiguous() and buffer.numel() >= packed.largest):
+        raise ValueError(f"{kernel}: {name} must be a contiguous CPU tensor of {packed.dtype} with at least "
+                         f"{packed.largest} elements")
+    return buffer.data_ptr()

@@ -42,7 +42,8 @@ _kernel = StepKernel(_sophia)
 class SophiaG(FusableOptimizer):
     """SophiaG (Liu et al. 2023). Call `update_hessian(model, inputs)` every `hessian_interval` steps.
 
-    `wants_hessian(step)` says when: optbench's trainer asks after each step. Until the first
+    `wants_hessian(step)` says when: optbench's trainer asks after each step, through
+    `optbench.optim.wrapping.refresh_hessian`, which finds it inside a wrapper too. Until the first
     refresh the Hessian estimate is zero and every coordinate takes a clipped (sign) step.
     State: `exp_avg`, `hessian` (8 bytes per parameter).
     `fused`: run the update compiled by torch.compile (None: when a compiler works here).

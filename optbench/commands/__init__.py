@@ -1,0 +1,1 @@
+"""The front-ends of the `optbench` commands and what they share (`common`)."""

@@ -1,0 +1,107 @@
+"""The run folder: the one place that knows its file names, and how each file is written.
+
+Every module that reads or writes a run's files goes through `RunFolder`, so a name is spelled
+once (see the run-folder table in CONTRACT.md and the README). Whole-file writes (the summary,
+checkpoints) are atomic: a temporary file, flushed to disk, then renamed over the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+DIAGNOSTICS = "diagnostics.jsonl"
+TENSORBOARD = "tb"
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
+PREVIOUS = "previous.pt"  # the checkpoint that the newest one replaced
+BEST = "best.pt"
+HYDRA = ".hydra"
+OVERRIDES = "overrides.yaml"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The paths of one run's folder (`optbench run`'s output folder, or one job of a sweep)."""
+
+    path: Path
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def diagnostics(self) -> Path:
+        return self.path / DIAGNOSTICS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / LAST
+
+    @property
+    def previous_checkpoint(self) -> Path:
+        return self.checkpoints / PREVIOUS
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / BEST
+
+    @property
+    def overrides(self) -> Path:
+        return self.path / HYDRA / OVERRIDES
+
+    def holds_run(self) -> bool:
+        """Whether a run has written here (a summary, or checkpoints of an unfinished run)."""
+        return self.summary.exists() or self.checkpoints.exists()
+
+    def has_started(self) -> bool:
+        """Whether a run got as far as its first metrics or checkpoint."""
+        return self.checkpoints.is_dir() or self.metrics.exists()
+
+    def read_summary(self) -> dict[str, Any]:
+        """summary.json, or {} when the run has not written one (killed, or still running)."""
+        return read_json(self.summary)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.summary, summary)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; {} when the file does not exist."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
+    """Write `value` as JSON so that `path` always holds a complete file (non-finite as null)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(json_safe(value), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with non-finite floats (a diverged loss) as null, so any JSON reader accepts it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

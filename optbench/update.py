@@ -1,0 +1,180 @@
+"""One optimizer update, the same for every run: the trainer's, each GAN network's and lr-find's.
+
+    forward/backward over the micro-batches (autocast; fp16 loss scaling)
+    -> unscale -> clip (norm, value, AGC; the norm measured before and after)
+    -> non-finite check -> optimizer step -> Hessian refresh -> EMA -> schedule step
+
+`UpdateStep` holds what an update needs and nothing about the loop around it: the trainer
+decides which micro-batches make an update and what to log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from optbench.clipping import adaptive_clip_
+from optbench.diagnostics import Diagnostics
+from optbench.ema import WeightEMA
+from optbench.optim.wrapping import leaves, refresh_hessian
+from optbench.scheduled_lr import cycled_momenta
+from optbench.schema import TrainerConfig
+from optbench.tasks import Batch
+
+log = logging.getLogger("optbench")
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
+
+LossOf = Callable[[Batch], torch.Tensor]  # the loss of one micro-batch
+
+
+@dataclass
+class StepResult:
+    """What one update did. Tensors stay on the device: reading them is the caller's sync."""
+
+    loss: torch.Tensor | None  # the samples' mean loss; None for an update skipped as non-finite
+    grad_norm: torch.Tensor | None  # total gradient norm before clipping (when measured)
+    grad_norm_post_clip: torch.Tensor | None  # ... and after it (measured with clipping on)
+    lrs: list[float]  # each parameter group's LR in this update
+    momenta: list[float]  # each group's momentum, when the schedule cycles it (else empty)
+    diagnostics: dict[str, dict[str, float]] | None  # the record of a diagnostic step
+
+
+def whole(norm: torch.Tensor) -> torch.Tensor:
+    """A norm as a plain tensor: under FSDP2 gradients are sharded DTensors, and so is their norm
+    until it is reduced over the shards."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
+    """Mixed precision as `trainer.precision` says (`32`: none)."""
+    dtype = AUTOCAST_DTYPES.get(precision)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+class UpdateStep:
+    """Updates the parameters of `module` with `optimizer`, as `tc` (the trainer settings) says.
+
+    `module` names the parameters for AGC (which leaves a classifier `head.` alone, as Brock et
+    al. do), for warnings and for the Hessian refresh of curvature-based optimizers (SophiaG).
+    Optional parts: `scheduler` (stepped once per update), `ema`, `diagnostics`, and `no_sync`,
+    a context in which backward passes skip data-parallel gradient communication.
+    """
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, tc: TrainerConfig,
+                 device: torch.device, scheduler: Any = None, ema: WeightEMA | None = None,
+                 diagnostics: Diagnostics | None = None,
+                 no_sync: Callable[[], AbstractContextManager[Any]] | None = None):
+        self.module, self.optimizer, self.tc, self.device = module, optimizer, tc, device
+        self.scheduler, self.ema, self.diagnostics, self.no_sync = scheduler, ema, diagnostics, no_sync
+        # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "16")
+        self.agc_params = [p for n, p in module.named_parameters() if not n.startswith("head.")]
+        self.clipped = torch.zeros((), device=device)  # updates whose norm exceeded clip_norm
+        self.skipped = 0  # updates dropped under trainer.nonfinite=skip
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        return autocast(self.device, self.tc.precision)
+
+    def describe(self) -> dict[str, Any]:
+        """What this update applies, read from the objects that apply it (summary.json `applied`)."""
+        cast = self.autocast()
+        clipping = {"norm": self.tc.clip_norm, "value": self.tc.clip_value, "agc": self.tc.clip_agc}
+        return {
+            "optimizer": type(self.optimizer).__name__,
+            "optimizers_inside": [type(o).__name__ for o in leaves(self.optimizer) if o is not self.optimizer],
+            "parameters": sum(p.numel() for p in self._params()),
+            "autocast": str(cast.fast_dtype).removeprefix("torch.") if isinstance(cast, torch.autocast) else None,
+            "loss_scaling": self.scaler.is_enabled(),
+            "clipping": {k: v for k, v in clipping.items() if v is not None},
+            "nonfinite": self.tc.nonfinite,
+            "ema_updates": self.ema.updates if self.ema is not None else None,
+            "diagnostics_every": self.diagnostics.every if self.diagnostics is not None else None,
+            "schedule": type(self.scheduler).__name__ if self.scheduler is not None else None,
+        }
+
+    def __call__(self, micro_batches: list[Batch], loss_of: LossOf, step: int, measure: bool) -> StepResult:
+        """Update number `step` from `micro_batches`; `measure` asks for the gradient norms."""
+        self.optimizer.zero_grad(set_to_none=True)  # another network's backward may have left some
+        loss = self._backward(micro_batches, loss_of)
+        self.scaler.unscale_(self.optimizer)  # clip and measure true gradients, not scaled ones
+        grad_norm, post_clip = self._clip(measure or self.tc.nonfinite == "skip", measure)
+        lrs = [g["lr"] for g in self.optimizer.param_groups]  # the rates this update uses
+        momenta = cycled_momenta(self.scheduler)  # [] unless the schedule cycles momentum
+        if self.tc.nonfinite == "skip" and not torch.isfinite(loss + grad_norm).item():
+            self._skip(step, loss)
+            return StepResult(None, None, None, lrs, momenta, None)
+
+        if self.diagnostics is not None:
+            self.diagnostics.before_step(step)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        record = self.diagnostics.after_step() if self.diagnostics is not None else None
+        self.optimizer.zero_grad(set_to_none=True)
+        # Curvature-based optimizers (SophiaG, also inside a wrapper) re-estimate every k steps.
+        refresh_hessian(self.optimizer, step, self.module, micro_batches[-1][0])
+        if self.ema is not None:
+            self.ema.update()
+        if self.scheduler is not None:
+            self.scheduler.step()  # once per update: schedules count optimizer steps
+        return StepResult(loss, grad_norm, post_clip, lrs, momenta, record)
+
+    def _backward(self, micro_batches: list[Batch], loss_of: LossOf) -> torch.Tensor:
+        """Accumulate the gradient of the samples' mean loss; that loss, detached."""
+        total = sum(len(y) for _, y in micro_batches)
+        loss_sum = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro_batches):
+            # Weight by the micro-batch's share of samples so that K micro-batches of B give the
+            # same gradient as one batch of K*B (and a short last group is scaled by what it had).
+            weight = len(batch[1]) / total
+            last = i == len(micro_batches) - 1
+            with self._sync(last), self.autocast():
+                loss = loss_of(batch) * weight
+            self.scaler.scale(loss).backward()
+            loss_sum += loss.detach().float()
+        return loss_sum
+
+    def _sync(self, last: bool) -> AbstractContextManager[Any]:
+        """Data-parallel training syncs gradients only on the micro-batch that steps."""
+        return nullcontext() if last or self.no_sync is None else self.no_sync()
+
+    def _clip(self, need_norm: bool, measure: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Clip as configured (norm, then value, then AGC); the total norm before and after."""
+        tc = self.tc
+        params = [p for p in self._params() if p.grad is not None]
+        grad_norm = None
+        if tc.clip_norm is not None:  # clip_grad_norm_ returns the norm it found before clipping
+            grad_norm = whole(torch.nn.utils.clip_grad_norm_(params, tc.clip_norm, tc.clip_norm_type))
+            self.clipped += grad_norm > tc.clip_norm
+        elif need_norm:
+            grad_norm = self._norm(params)
+        if tc.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(params, tc.clip_value)
+        if tc.clip_agc is not None:
+            adaptive_clip_(self.agc_params, tc.clip_agc)
+        clipping = (tc.clip_norm, tc.clip_value, tc.clip_agc) != (None, None, None)
+        return grad_norm, self._norm(params) if measure and clipping else None
+
+    def _norm(self, params: list[torch.Tensor]) -> torch.Tensor:
+        return whole(torch.nn.utils.get_total_norm([p.grad for p in params], self.tc.clip_norm_type))
+
+    def _params(self) -> Iterator[torch.Tensor]:
+        return (p for g in self.optimizer.param_groups for p in g["params"])
+
+    def _skip(self, step: int, loss: torch.Tensor) -> None:
+        """`trainer.nonfinite=skip`: drop this update; weights and optimizer state stay as they were."""
+        where = "the loss" if not torch.isfinite(loss) else "the gradients of " + ", ".join(
+            n for n, p in self.module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+        )
+        log.warning("step %d: non-finite values in %s; update skipped", step, where)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()
+        self.skipped += 1
+        if self.scheduler is not None:
+            self.scheduler.step()  # the clock counts the step even though no update was made
