@@ -8,8 +8,10 @@ import torch
 def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
     """Norm of each output unit (row of a matrix, filter of a convolution); whole norm for vectors."""
     if x.ndim <= 1:
-        return x.norm()
-    return x.norm(dim=tuple(range(1, x.ndim)), keepdim=True)
+        return torch.linalg.vector_norm(x)
+    # vector_norm, not Tensor.norm: over three dimensions (a convolution's filter) the latter asks
+    # for a matrix norm and raises.
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
 @torch.no_grad()

@@ -213,9 +213,16 @@ def open_folder(folder: Path, plan: dict[str, Any]) -> None:
 
 
 def run_sweep(folder: Path, stage: str, jobs: list[list[str]], common: list[str], launch: list[str]) -> int:
-    """One stage as an optbench sweep over an explicit list of jobs (Hydra sweeper `list`)."""
+    """One stage as an optbench sweep over an explicit list of jobs (Hydra sweeper `list`).
+
+    An override that refines the optimizer (`optimizer@optimizer.inner=adamw`, `optimizer.eps=...`)
+    goes with each job, after its `optimizer=NAME`: the sweep's own check composes the shared
+    overrides without any job's optimizer, on which such a key may not exist."""
     from optbench.app import run
 
+    refines = [o for o in common if override_key(o).split("@")[-1].startswith("optimizer.")]
+    jobs = [[*job, *refines] for job in jobs]
+    common = [o for o in common if o not in refines]
     jobs_file = folder / f"{stage}_jobs.json"
     jobs_file.write_text(json.dumps(jobs, indent=1) + "\n")
     print(f"optbench compare: {stage}: {len(jobs)} jobs in {folder / stage}", file=sys.stderr)
