@@ -200,7 +200,7 @@ def build_scheduler(
     are fractions (None: the optimizer has no LR).
     """
     if is_schedule(node):
-        from optbench.scheduled_lr import ScheduledLR
+        from optbench.lr_scheduler import ScheduledLR
 
         schedule = build_schedule(node, total_steps, steps_per_epoch, base_lr)
         return ScheduledLR(optimizer, schedule)

@@ -43,18 +43,6 @@ COMMANDS = {
     "list": "what can be chosen (models, data, optimizers, ...); `list param-groups` per parameter",
 }
 
-# `optbench list` topics -> config group folders ("recipe" is the recipes/ folder).
-LIST_TOPICS = {
-    "models": "model",
-    "data": "data",
-    "optimizers": "optimizer",
-    "schedulers": "scheduler",
-    "params": "params",
-    "trainers": "trainer",
-    "batching": "batching",
-    "recipes": "recipe",
-    "searches": "hparams_search",
-}
 
 
 def _usage() -> str:
@@ -63,44 +51,20 @@ def _usage() -> str:
     return USAGE.format(commands=lines)
 
 
-@reports_bad_input
-def list_options(args: list[str]) -> int:
-    from optbench.paths import configs_dir, describe, recipes_dir
-
-    if args[:1] == ["param-groups"]:
-        from optbench.param_table import print_param_groups
-
-        return print_param_groups(args[1:])
-    topics = args or list(LIST_TOPICS)
-    unknown = [t for t in topics if t not in LIST_TOPICS]
-    if unknown:
-        topics_text = ", ".join([*LIST_TOPICS, "param-groups"])
-        raise ConfigError(f"list {unknown[0]}: no such topic. Choose from: {topics_text}.")
-    for topic in topics:
-        group = LIST_TOPICS[topic]
-        folder = recipes_dir() if group == "recipe" else configs_dir() / group
-        files = sorted(folder.glob("*.yaml"))
-        print(f"{topic} ({group}=NAME):")
-        width = max((len(f.stem) for f in files), default=0)
-        for path in files:
-            print(f"  {path.stem:<{width}}  {describe(path)}")
-    return 0
-
-
 def _lazy(module: str, function: str = "main") -> Callable[[list[str]], int]:
-    """The command `optbench.<module>.<function>(args)`, imported only when it runs (torch with it)."""
+    """The command `optbench.commands.<module>.<function>(args)`, imported only when it runs (torch with it)."""
 
     def command(args: list[str]) -> int:
-        return getattr(importlib.import_module(f"optbench.{module}"), function)(args)
+        return getattr(importlib.import_module(f"optbench.commands.{module}"), function)(args)
 
     return command
 
 
 HANDLERS: dict[str, Callable[[list[str]], int]] = {
-    "run": _lazy("app", "run"),
-    "check": _lazy("app", "check"),
-    "list": list_options,
-    "schedules": _lazy("schedule_plot"),
+    "run": _lazy("run", "run"),
+    "check": _lazy("run", "check"),
+    "list": _lazy("listing", "list_options"),
+    "schedules": _lazy("schedules"),
     "bench": _lazy("bench"),
     "report": _lazy("report"),
     "lr-find": _lazy("lr_find"),

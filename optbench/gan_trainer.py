@@ -93,10 +93,6 @@ class GANTrainer(Trainer):
         self._d_loss_sum, self._d_loss_count = torch.zeros((), device=self.device), 0
         return {"d_loss": d_loss, "d_lr": self.d_update.optimizer.param_groups[0]["lr"]}
 
-    def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        model.eval()
-        return self.task.evaluate(model)
-
     def state_dict(self) -> dict[str, Any]:
         d = self.d_update
         return {**super().state_dict(), "d_optimizer": d.optimizer.state_dict(),

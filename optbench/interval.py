@@ -12,8 +12,18 @@ import time
 import torch
 
 from optbench import distributed
-from optbench.runlog import per_group
+from optbench.metrics_log import per_group
 from optbench.update import StepResult, UpdateStep
+
+
+class Diverged(Exception):
+    """The loss stopped being finite: where (`record`, for summary.json's `divergence`)."""
+
+    def __init__(self, step: int, what: str, model: torch.nn.Module):
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        where = f"; non-finite weights now in {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "") if bad else ""
+        super().__init__(f"{what} became non-finite at step {step}{where}")
+        self.record = {"step": step, "first_nonfinite": what, "nonfinite_params": bad, "message": str(self)}
 
 
 class TrainInterval:

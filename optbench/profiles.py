@@ -20,7 +20,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from optbench.runs import Run
+from optbench.finished_runs import Run
 
 # AlgoPerf integrates the profile up to 4 times the fastest time.
 TAU_MAX = 4.0

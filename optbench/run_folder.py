@@ -26,47 +26,31 @@ HYDRA = ".hydra"
 OVERRIDES = "overrides.yaml"
 
 
+class _Inside:
+    """A path inside the run folder, as a read-only attribute of `RunFolder`."""
+
+    def __init__(self, *parts: str):
+        self.parts = parts
+
+    def __get__(self, folder: RunFolder, owner: type) -> Path:
+        return folder.path.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """The paths of one run's folder (`optbench run`'s output folder, or one job of a sweep)."""
 
     path: Path
 
-    @property
-    def summary(self) -> Path:
-        return self.path / SUMMARY
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS
-
-    @property
-    def diagnostics(self) -> Path:
-        return self.path / DIAGNOSTICS
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / TENSORBOARD
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINTS
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / LAST
-
-    @property
-    def previous_checkpoint(self) -> Path:
-        return self.checkpoints / PREVIOUS
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.checkpoints / BEST
-
-    @property
-    def overrides(self) -> Path:
-        return self.path / HYDRA / OVERRIDES
+    summary = _Inside(SUMMARY)
+    metrics = _Inside(METRICS)
+    diagnostics = _Inside(DIAGNOSTICS)
+    tensorboard = _Inside(TENSORBOARD)
+    checkpoints = _Inside(CHECKPOINTS)
+    last_checkpoint = _Inside(CHECKPOINTS, LAST)
+    previous_checkpoint = _Inside(CHECKPOINTS, PREVIOUS)
+    best_checkpoint = _Inside(CHECKPOINTS, BEST)
+    overrides = _Inside(HYDRA, OVERRIDES)
 
     def holds_run(self) -> bool:
         """Whether a run has written here (a summary, or checkpoints of an unfinished run)."""

@@ -6,6 +6,10 @@ generated samples against them. GAN training itself is `optbench.gan_trainer.GAN
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -34,7 +38,9 @@ class SampleQuality(Task):
         raise NotImplementedError
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch],
+                 autocast: Callable[[], AbstractContextManager[Any]]) -> dict[str, float]:
+        """Metrics of samples drawn from the generator (the validation batches are not read)."""
         device = next(model.parameters()).device
         # The same latent draws at every evaluation: the metric moves only because the model does.
         samples = model.sample(EVAL_SAMPLES, torch.Generator(device).manual_seed(0)).float().flatten(1)

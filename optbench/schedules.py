@@ -2,7 +2,7 @@
 
 Each schedule is a picklable LR multiplier: `schedule(step)` is the factor applied to every
 parameter group's base LR for optimizer step number `step` (0-based), so every group keeps its
-own LR scale. optbench wraps it in one `LambdaLR` (`optbench.scheduled_lr.ScheduledLR`),
+own LR scale. optbench wraps it in one `LambdaLR` (`optbench.lr_scheduler.ScheduledLR`),
 stepped once per optimizer step; LambdaLR checkpoints a callable object's attributes, so every
 attribute here is a plain number, string, bool or list (loadable with `weights_only=True`).
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from optbench import distributed
 from optbench.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -72,6 +74,27 @@ class Task:
 
     def __init__(self, target: str | None = None):
         self.target = Target.parse(target, self.metrics)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch],
+                 autocast: Callable[[], AbstractContextManager[Any]]) -> dict[str, float]:
+        """Each metric's mean over the validation samples (over every rank's share under torchrun),
+        from the per-batch sums of `eval_sums`."""
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for batch in batches:
+            with autocast():
+                for name, value in self.eval_sums(model, batch).items():
+                    sums[name] = sums.get(name, 0) + value.double()
+            count += len(batch[1])
+        device = next(model.parameters()).device
+        totals = distributed.all_reduce(torch.stack([*sums.values(), torch.tensor(count, dtype=torch.float64,
+                                                                                 device=device)]))
+        return {name: (value / totals[-1]).item() for name, value in zip(sums, totals)}
+
+    def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Per-batch sums of each metric; `evaluate` divides by the number of samples."""
+        raise NotImplementedError
 
 
 def declares_task(task: type[Task]) -> Callable[[DataFunction], DataFunction]:

@@ -24,24 +24,20 @@ from optbench.diagnostics import Diagnostics
 from optbench.ema import WeightEMA
 from optbench.errors import ConfigError
 from optbench.evaluation import ValidationHistory
-from optbench.interval import TrainInterval
+from optbench.interval import Diverged, TrainInterval
 from optbench.lr_scaling import scaled_optimizer
 from optbench.memory import PeakMemory
 from optbench.optim.wrapping import state_bytes
 from optbench.preemption import Interrupted, StopRequests
 from optbench.progress import ProgressBar, print_summary
 from optbench.run_folder import RunFolder
-from optbench.runlog import RunLog
-from optbench.scheduled_lr import ScheduledLR
+from optbench.metrics_log import MetricsLog
+from optbench.lr_scheduler import ScheduledLR
 from optbench.schema import TrainerConfig
 from optbench.tasks import Classification, Task
-from optbench.update import StepResult, UpdateStep, autocast
+from optbench.update import StepResult, UpdateStep, applied, autocast
 
 log = logging.getLogger("optbench")
-
-
-class Diverged(Exception):
-    """The loss or the gradient stopped being finite."""
 
 
 class Trainer:
@@ -93,7 +89,7 @@ class Trainer:
         self.last_train_loss = math.nan
         self.train_time = 0.0  # seconds spent in training steps (evaluation excluded)
         self.samples_seen = 0
-        self.divergence: dict[str, Any] = {}
+        self.divergence: dict[str, Any] = {}  # where the run stopped being finite, if it did
 
     def build_updates(self) -> UpdateStep:
         """The update of the model's parameters (a hook: a GAN builds one per network).
@@ -115,18 +111,9 @@ class Trainer:
         return [u.optimizer for u in self.updates()]
 
     def applied(self, updates: list[UpdateStep] | None = None) -> dict[str, Any]:
-        """What the run did with its settings, read from the objects (summary.json `applied`);
-        `updates`: those to describe instead of the run's own (lr-find's)."""
-        convolutions = [p for p in self.model.parameters() if p.ndim == 4]
-        return {
-            "updates": [u.describe() for u in updates or self.updates()],
-            "micro_batches_per_update": self.tc.accumulation_steps,
-            "compiled": any(isinstance(m, torch._dynamo.eval_frame.OptimizedModule)
-                            or getattr(m, "_compiled_call_impl", None) is not None
-                            for m in (self.forward_model, *self.model.modules())),
-            "channels_last": bool(convolutions) and all(
-                p.is_contiguous(memory_format=torch.channels_last) for p in convolutions),
-        }
+        """What the run did with its settings (summary.json `applied`); `updates`: those to
+        describe instead of the run's own (lr-find's)."""
+        return applied(updates or self.updates(), self.model, self.forward_model, self.tc.accumulation_steps)
 
     @property
     def effective_batch(self) -> int:
@@ -152,7 +139,7 @@ class Trainer:
         # checkpoint describe nothing that this run continues.
         continuing = resumed_from is not None or self.tc.resume == "auto"
         # Only rank 0 writes the run folder; the other ranks compute the same numbers silently.
-        self.runlog = RunLog(self.folder, self.optimizer.param_groups[0].get("name", "group0"),
+        self.metrics_log = MetricsLog(self.folder, self.optimizer.param_groups[0].get("name", "group0"),
                              self.tc.tensorboard, resume_step=self.step if continuing else None, active=main)
         self._start = time.perf_counter() - self.train_time
         self.interval.reset(self.step + 1)
@@ -165,8 +152,7 @@ class Trainer:
                 while self.step < self.total_steps:
                     self._train_epoch()
         except Diverged as e:
-            status = "diverged"
-            self.divergence["message"] = str(e)
+            status, self.divergence = "diverged", e.record
             log.warning("run diverged: %s", e)
         except Interrupted as e:
             status = "interrupted"
@@ -178,7 +164,7 @@ class Trainer:
         if status != "diverged" and checkpoint_at_end:
             self.save_checkpoint()
         summary = self.summary(status)
-        self.runlog.close()
+        self.metrics_log.close()
         if main:
             self.folder.write_summary(summary)
             print_summary(summary, str(self.folder.path))
@@ -213,7 +199,7 @@ class Trainer:
         self.interval.add(result, self.step, samples)
         self.samples_seen += samples
         if result.diagnostics is not None:
-            self.runlog.write_diagnostics(self.step, result.diagnostics)
+            self.metrics_log.write_diagnostics(self.step, result.diagnostics)
         end_of_epoch = self.batch_in_epoch == self.data.batches_per_epoch
         last = self.step == self.total_steps
         if self.step % self.tc.log_every == 0 or last:
@@ -235,23 +221,16 @@ class Trainer:
         metrics, first_bad, elapsed = self.interval.line(self.step, result, self.optimizer.param_groups)
         self.train_time += elapsed
         metrics.update(self.interval_metrics())
-        self.runlog.write("train", self.step, self._epoch_float(), self._elapsed(), metrics)
+        self.metrics_log.write("train", self.step, self._epoch_float(), self._elapsed(), metrics)
         self.progress.update(self.step, self._epoch_float(), metrics)
         self.last_train_loss = metrics["loss"]
         self.interval.reset(self.step + 1)
         if first_bad is not None:
-            self._diverged(first_bad, "the training loss")
+            raise Diverged(first_bad, "the training loss", self.model)
 
     def interval_metrics(self) -> dict[str, float]:
         """More train metrics of the logging interval (a hook: a GAN adds its discriminator's)."""
         return {}
-
-    def _diverged(self, step: int, what: str) -> None:
-        """Record where the run stopped being finite, then end it as `diverged`."""
-        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
-        where = f"; non-finite weights now in {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else "") if bad else ""
-        self.divergence = {"step": step, "first_nonfinite": what, "nonfinite_params": bad}
-        raise Diverged(f"{what} became non-finite at step {step}{where}")
 
     def _epoch_float(self) -> float:
         return self.epoch + self.batch_in_epoch / self.data.batches_per_epoch
@@ -270,7 +249,7 @@ class Trainer:
         # Back to training mode here, once, rather than at every step: `train()` walks every
         # module, about 1 ms per step for ResNet-20 on a CPU.
         self.model.train()
-        self.runlog.write("val", self.step, self._epoch_float(), self._elapsed(), metrics)
+        self.metrics_log.write("val", self.step, self._epoch_float(), self._elapsed(), metrics)
         if isinstance(self.scheduler, ScheduledLR):
             self.scheduler.observe(metrics)  # plateau steps here, at evaluation
         reached = bool(self.history.target_reached)
@@ -280,22 +259,12 @@ class Trainer:
         if self.history.target_reached and not reached:
             log.info("target %s reached at step %d (%.1f s)", self.task.target, self.step, self._elapsed())
         if not math.isfinite(metrics.get("loss", 0.0)):
-            self._diverged(self.step, "the validation loss")
+            raise Diverged(self.step, "the validation loss", self.model)
         return metrics
 
     def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         model.eval()
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        for batch in self.data.val_batches():
-            with autocast(self.device, self.tc.precision):
-                for name, value in self.task.eval_sums(model, batch).items():
-                    sums[name] = sums.get(name, 0) + value.double()
-            count += len(batch[1])
-        # With ranks: each evaluated its share; add up the sums and counts of all of them.
-        totals = distributed.all_reduce(torch.stack([*sums.values(), torch.tensor(count, dtype=torch.float64,
-                                                                                 device=self.device)]))
-        return {name: (value / totals[-1]).item() for name, value in zip(sums, totals)}
+        return self.task.evaluate(model, self.data.val_batches(), partial(autocast, self.device, self.tc.precision))
 
     # ------------------------------------------------------------------ state
 

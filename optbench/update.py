@@ -23,7 +23,7 @@ from optbench.clipping import adaptive_clip_
 from optbench.diagnostics import Diagnostics
 from optbench.ema import WeightEMA
 from optbench.optim.wrapping import leaves, refresh_hessian
-from optbench.scheduled_lr import cycled_momenta
+from optbench.lr_scheduler import cycled_momenta
 from optbench.schema import TrainerConfig
 from optbench.tasks import Batch
 
@@ -56,6 +56,22 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any
     """Mixed precision as `trainer.precision` says (`32`: none)."""
     dtype = AUTOCAST_DTYPES.get(precision)
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def applied(updates: list[UpdateStep], model: nn.Module, forward_model: nn.Module,
+            micro_batches: int) -> dict[str, Any]:
+    """What a run did with its settings, read from the objects that do it (summary.json `applied`)."""
+    convolutions = [p for p in model.parameters() if p.ndim == 4]
+    return {
+        "updates": [u.describe() for u in updates],
+        "micro_batches_per_update": micro_batches,
+        # torch.compile's wrapper, or a module compiled in place (a GAN's networks).
+        "compiled": any(isinstance(m, torch._dynamo.eval_frame.OptimizedModule)
+                        or getattr(m, "_compiled_call_impl", None) is not None
+                        for m in (forward_model, *model.modules())),
+        "channels_last": bool(convolutions) and all(
+            p.is_contiguous(memory_format=torch.channels_last) for p in convolutions),
+    }
 
 
 class UpdateStep:

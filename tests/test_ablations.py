@@ -21,8 +21,8 @@ from optbench.config import job_config, register_recipes, sweep_variants, with_s
 from optbench.datasets.regression import least_squares
 from optbench.gan_trainer import trainer_class
 from optbench.memory import LiveTensorBytes
-from optbench.report_plots import draw_curves
-from optbench.runs import Target, find_runs, group_runs, load_run, varied_keys
+from optbench.commands.report_plots import draw_curves
+from optbench.finished_runs import RankingMetric, find_runs, group_runs, load_run, varied_keys
 
 SWEEP_RECIPES = ["sgd_variants", "adam_vs_adamw", "optimizer_comparison", "scheduler_ablation", "large_batch"]
 QUIET = ["trainer.progress=false", "trainer.tensorboard=false"]
@@ -76,7 +76,7 @@ def test_recipe_sweep_runs_every_arm_through_hydra_and_reports_weight_norms(work
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert len(rows) == 6 and all(float(r["peak memory (MiB)"]) > 0 for r in rows)
     runs = find_runs([workdir / "outputs" / "multirun"])
-    figure = draw_curves(group_runs(runs, varied_keys(runs)), Target.of(runs))
+    figure = draw_curves(group_runs(runs, varied_keys(runs)), RankingMetric.of(runs))
     titles = [axis.get_title() for axis in figure.axes if axis.get_visible()]
     assert titles[-1].startswith("weight norm") and figure.axes[4].has_data()
 

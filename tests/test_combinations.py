@@ -22,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import read_metrics, read_summary
-from optbench import lr_find
+from optbench.commands import lr_find
 from optbench.build import locate
 from optbench.config import compose, job_config, validate_overrides
 from optbench.errors import ConfigError
@@ -225,7 +225,7 @@ def test_lr_find(trick, family, tmp_path, capsys, eager_compile):
 def test_compare(family, tmp_path, monkeypatch, eager_compile):
     """A comparison's runs are ordinary runs: every trick a family honours, all at once, shows in
     each of its run folders; a GAN (which trains with gan.g and gan.d) is refused before compute."""
-    from optbench import compare
+    from optbench.commands import compare
 
     monkeypatch.chdir(tmp_path)
     honoured = [t for t in TRICKS if (t, family) not in REFUSED]

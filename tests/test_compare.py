@@ -10,7 +10,7 @@ import math
 import pytest
 
 from conftest import read_summary, run_cli
-from optbench import compare
+from optbench.commands import compare
 from optbench.config import compose
 from optbench.paths import configs_dir
 
@@ -66,7 +66,7 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys
 
 
 def test_compare_gives_every_optimizer_the_same_trials_then_seeds_its_best(tmp_path):
-    from optbench.report import main as report
+    from optbench.commands.report import main as report
 
     tiny = ["trainer.max_steps=3", "trainer.eval_every=3", "trainer.log_every=3", "trainer.progress=false",
             "trainer.diagnostics_every=null"]

@@ -11,7 +11,7 @@ import torch
 
 from optbench.cli import main
 from optbench.config import job_config
-from optbench.lr_find import RangeTest, range_test
+from optbench.commands.lr_find import RangeTest, range_test
 from optbench.trainer import Trainer
 
 from tests.conftest import TINY

@@ -10,8 +10,8 @@ import pytest
 
 from optbench.cli import main
 from optbench.profiles import performance_profiles
-from optbench.report import WORKLOAD_KEYS
-from optbench.runs import find_runs, group_runs, varied_keys
+from optbench.commands.report import WORKLOAD_KEYS
+from optbench.finished_runs import find_runs, group_runs, varied_keys
 
 WORKLOADS = {  # name -> (model config, data config)
     "digits": ({"_target_": "optbench.models.MLP", "hidden": [256]}, {"_target_": "optbench.data.digits", "batch_size": 128}),

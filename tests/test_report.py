@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from optbench.cli import main
-from optbench.report import lr_sensitivity, paired_comparisons
-from optbench.runs import Target, find_runs, varied_keys
+from optbench.commands.report import lr_sensitivity, paired_comparisons
+from optbench.finished_runs import RankingMetric, find_runs, varied_keys
 
-ACC = Target("val/acc", maximize=True)
+ACC = RankingMetric("val/acc", maximize=True)
 
 
 def fake_run(folder: Path, overrides: list[str], best_acc: float, status: str = "completed", steps: int = 4) -> Path:

@@ -14,7 +14,7 @@ from conftest import read_metrics, run_cli
 from optbench.build import build_scheduler
 from optbench.cli import main
 from optbench.config import compose
-from optbench.schedule_plot import draw, read_csv
+from optbench.commands.schedules import draw, read_csv
 from optbench.trainer import Trainer
 
 FIVE = "scheduler=step,exponential,cosine,onecycle,warmup_cosine"

@@ -16,7 +16,7 @@ from optbench.build import build_data, build_model, build_optimizer, build_param
 from optbench.config import compose
 from optbench.errors import ConfigError
 from optbench.lr_scaling import planned_batch, scaled_lr, scaled_optimizer
-from optbench.schedule_plot import read_csv
+from optbench.commands.schedules import read_csv
 from optbench.validate import validate_config
 
 STEPS = 40

@@ -105,7 +105,7 @@ def test_rerunning_the_sweep_runs_nothing_new(failed_sweep, faulty_env):
 
 
 def test_the_folder_of_another_sweep_is_refused(failed_sweep, faulty_env, monkeypatch, capsys):
-    from optbench.app import run
+    from optbench.commands.run import run
 
     workdir, command, _, sweep_dir = failed_sweep
     monkeypatch.syspath_prepend(faulty_env["PYTHONPATH"].split(os.pathsep)[0])

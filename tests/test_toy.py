@@ -12,7 +12,7 @@ import torch
 from optbench.build import optimizer_from
 from optbench.cli import main
 from optbench.config import compose
-from optbench.toy import PROBLEMS, losses, optimizer_configs, steps_to, trajectory
+from optbench.commands.toy import PROBLEMS, losses, optimizer_configs, steps_to, trajectory
 
 
 def steps_on(function: str, optimizer: str, steps: int = 300) -> int | None:

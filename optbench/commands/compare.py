@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optbench.commands.common import is_hydra_setting, override_key, reports_bad_input, timestamped_output
 from optbench.errors import ConfigError
-from optbench.runs import SEED_KEY, Run, Target, find_runs
+from optbench.finished_runs import SEED_KEY, Run, RankingMetric, find_runs
 
 BUDGET_DEFAULTS = {"trials": 16, "seeds": 3, "seed": 0}  # `seed` scrambles the Halton sequence
 SEARCH_KEY = "_search"
@@ -218,7 +218,7 @@ def run_sweep(folder: Path, stage: str, jobs: list[list[str]], common: list[str]
     An override that refines the optimizer (`optimizer@optimizer.inner=adamw`, `optimizer.eps=...`)
     goes with each job, after its `optimizer=NAME`: the sweep's own check composes the shared
     overrides without any job's optimizer, on which such a key may not exist."""
-    from optbench.app import run
+    from optbench.commands.run import run
 
     refines = [o for o in common if override_key(o).split("@")[-1].startswith("optimizer.")]
     jobs = [[*job, *refines] for job in jobs]
@@ -248,7 +248,7 @@ def best_trials(runs: list[Run], plan: dict[str, Any]) -> dict[str, list[str]]:
 
     The search's jobs are the plan's trials in order, so job number = position in the plan.
     """
-    target = Target.of(runs)
+    target = RankingMetric.of(runs)
     by_job = {int(run.path.name): run for run in runs if run.path.name.isdigit()}
     winners: dict[str, list[str]] = {}
     job = 0
@@ -272,10 +272,10 @@ def write_results(folder: Path, plan: dict[str, Any], winners: dict[str, list[st
     into compare.json (`results`), compare.csv, the terminal, and the report of the seed runs."""
     from rich.console import Console
 
-    from optbench.report import rich_table, write_csv, write_report
+    from optbench.commands.report import rich_table, write_csv, write_report
 
     search = find_runs([folder / "search"])
-    target = Target.of(search)
+    target = RankingMetric.of(search)
     seed_runs = find_runs([folder / "seeds"]) if (folder / "seeds").is_dir() else []
     header = ["optimizer", "trials", "completed", "diverged", "failed", "best trial",
               f"search best {target.name}", "seeds", f"mean {target.name}", "std", "min", "max"]

@@ -19,7 +19,7 @@ TRAIN_TAGS = {
 GROUP_METRICS = ("lr", "momentum")
 
 
-class RunLog:
+class MetricsLog:
     """Appends metric lines to `metrics.jsonl` and mirrors them as TensorBoard scalars.
 
     `first_group` is the name of the first parameter group: its LR (and cycled momentum) is

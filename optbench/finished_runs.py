@@ -15,6 +15,7 @@ from typing import Any
 
 from optbench.errors import ConfigError
 from optbench.run_folder import HYDRA, OVERRIDES, RunFolder
+from optbench.schema import TrainerConfig
 
 SEED_KEY = "trainer.seed"
 LR_KEY = "optimizer.lr"
@@ -116,16 +117,19 @@ def group_runs(runs: list[Run], keys: list[str]) -> dict[str, list[Run]]:
 
 
 @dataclass(frozen=True)
-class Target:
-    """The metric that ranks runs: `val/acc` maximized, unless the runs' config says otherwise."""
+class RankingMetric:
+    """The metric that ranks runs: their `trainer.monitor` and `trainer.monitor_mode` (the trainer's
+    defaults for runs whose config does not say)."""
 
     name: str
     maximize: bool
 
     @classmethod
-    def of(cls, runs: list[Run]) -> Target:
-        monitor = next((r.config("trainer.monitor") for r in runs if r.config("trainer.monitor")), "loss")
-        mode = next((r.config("trainer.monitor_mode") for r in runs if r.config("trainer.monitor_mode")), "min")
+    def of(cls, runs: list[Run]) -> RankingMetric:
+        monitor = next((r.config("trainer.monitor") for r in runs if r.config("trainer.monitor")),
+                       TrainerConfig.monitor)
+        mode = next((r.config("trainer.monitor_mode") for r in runs if r.config("trainer.monitor_mode")),
+                    TrainerConfig.monitor_mode)
         return cls(f"val/{monitor}", mode == "max")
 
     def best(self, run: Run) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 
 from optbench.commands.common import reports_bad_input
 from optbench.profiles import TAU_MAX, Profiles, performance_profiles
-from optbench.runs import LR_KEY, SEED_KEY, Run, Target, find_runs, group_runs, label, varied_keys
+from optbench.finished_runs import LR_KEY, SEED_KEY, Run, RankingMetric, find_runs, group_runs, label, varied_keys
 
 # An LR counts as "as good as the best" when its metric is within this fraction of the best one.
 ROBUST_TOLERANCE = 0.05
@@ -63,10 +63,10 @@ def write_report(runs: list[Run], out: Path, target_value: float | None = None) 
     """Every output of the report for `runs` into `out`; the paths written."""
     from rich.console import Console
 
-    from optbench.report_plots import draw_curves, draw_profiles, draw_sensitivity
+    from optbench.commands.report_plots import draw_curves, draw_profiles, draw_sensitivity
 
     keys = varied_keys(runs)
-    target = Target.of(runs)
+    target = RankingMetric.of(runs)
     tables = {"Runs": run_table(runs, keys, target, target_value)}
     sensitivity = lr_sensitivity(runs, keys, target)
     if sensitivity:
@@ -101,7 +101,7 @@ def write_report(runs: list[Run], out: Path, target_value: float | None = None) 
     return [csv_path, *(out / name for name in figures), html_path]
 
 
-def run_table(runs: list[Run], keys: list[str], target: Target, target_value: float | None) -> Table:
+def run_table(runs: list[Run], keys: list[str], target: RankingMetric, target_value: float | None) -> Table:
     """One row a run: status, the varied overrides, the target metric, speed and memory."""
     header = ["run", "status", *keys, "steps", f"final {target.name}", f"best {target.name}",
               "final train/loss", "wall time (s)", "samples/s", "optimizer state (MiB)", "peak memory (MiB)"]
@@ -120,7 +120,7 @@ def run_table(runs: list[Run], keys: list[str], target: Target, target_value: fl
     return header, rows
 
 
-def time_to_target(run: Run, target: Target, value: float) -> tuple[Any, Any]:
+def time_to_target(run: Run, target: RankingMetric, value: float) -> tuple[Any, Any]:
     """(steps, seconds) at the first evaluation that reached `value`; blanks if none did."""
     name = target.name.removeprefix("val/")
     for line in run.metrics:
@@ -166,7 +166,7 @@ class Sensitivity:
         return self.lrs[lo], self.lrs[hi]
 
 
-def lr_sensitivity(runs: list[Run], keys: list[str], target: Target) -> list[Sensitivity]:
+def lr_sensitivity(runs: list[Run], keys: list[str], target: RankingMetric) -> list[Sensitivity]:
     """One curve per group of the other varied keys (typically per optimizer), when LR varies."""
     if LR_KEY not in keys:
         return []
@@ -183,14 +183,14 @@ def lr_sensitivity(runs: list[Run], keys: list[str], target: Target) -> list[Sen
     return result
 
 
-def at_best_lr(runs: list[Run], curves: list[Sensitivity], target: Target) -> list[Run]:
+def at_best_lr(runs: list[Run], curves: list[Sensitivity], target: RankingMetric) -> list[Run]:
     """The runs of each sensitivity group at that group's best LR."""
     keys = [k for k in varied_keys(runs) if k not in (LR_KEY, SEED_KEY)]
     best = {curve.group: curve.best_lr(target.maximize) for curve in curves}
     return [run for run in runs if float(run.overrides[LR_KEY]) == best[label(run, keys)]]
 
 
-def sensitivity_table(curves: list[Sensitivity], target: Target) -> Table:
+def sensitivity_table(curves: list[Sensitivity], target: RankingMetric) -> Table:
     header = ["group", "best LR", f"best {target.name}", "LR range within 5% of best", "robustness (decades)"]
     rows = []
     for curve in curves:
@@ -204,7 +204,7 @@ def sensitivity_table(curves: list[Sensitivity], target: Target) -> Table:
     return header, rows
 
 
-def paired_comparisons(runs: list[Run], keys: list[str], target: Target) -> Table:
+def paired_comparisons(runs: list[Run], keys: list[str], target: RankingMetric) -> Table:
     """Every two groups compared on the seeds both ran (paired t-test of their best metric)."""
     from scipy.stats import ttest_rel
 
@@ -266,7 +266,7 @@ def rich_table(title: str, table: Table) -> Any:
     return view
 
 
-def render_html(tables: dict[str, Table], images: list[Path], target: Target) -> str:
+def render_html(tables: dict[str, Table], images: list[Path], target: RankingMetric) -> str:
     """One HTML page, with nothing outside it: tables as <table>, PNGs as base64 data URIs."""
     parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>optbench report</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"

@@ -141,8 +141,8 @@ def trace_schedule(schedule: Schedule, base_lr: float, steps: int) -> dict[str, 
 def trace_scheduler(scheduler: Any, steps: int) -> dict[str, list[float]]:
     """The same for a torch scheduler class, stepped: each parameter group's values as the
     run's train lines name them (`lr`, `lr/<group>`, `momentum` where cycled)."""
-    from optbench.runlog import per_group
-    from optbench.scheduled_lr import cycled_momenta
+    from optbench.metrics_log import per_group
+    from optbench.lr_scheduler import cycled_momenta
 
     groups = scheduler.optimizer.param_groups
     series: dict[str, list[float]] = {}

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 from collections.abc import Callable
 
 from optbench.profiles import TAU_MAX, Profiles
-from optbench.runs import Run, Target
+from optbench.finished_runs import Run, RankingMetric
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from optbench.report import Sensitivity
+    from optbench.commands.report import Sensitivity
 
 Series = Callable[[Run], dict[int, float]]  # a run's curve: step -> value
 
@@ -31,7 +31,7 @@ def seed_band(runs: list[Run], curve: Series) -> tuple[list[int], list[float], l
     return (steps, [statistics.fmean(c) for c in columns], [min(c) for c in columns], [max(c) for c in columns])
 
 
-def draw_curves(groups: dict[str, list[Run]], target: Target) -> Figure:
+def draw_curves(groups: dict[str, list[Run]], target: RankingMetric) -> Figure:
     """Train loss, validation metric, LR and gradient norm against step, one color a group, and
     the total weight norm where the runs wrote diagnostics."""
     from matplotlib.figure import Figure
@@ -70,7 +70,7 @@ def draw_curves(groups: dict[str, list[Run]], target: Target) -> Figure:
     return figure
 
 
-def draw_sensitivity(curves: list[Sensitivity], target: Target) -> Figure:
+def draw_sensitivity(curves: list[Sensitivity], target: RankingMetric) -> Figure:
     """Best metric against LR per group, the LR range within 5% of the best shaded."""
     from matplotlib.figure import Figure
 
