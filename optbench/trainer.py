@@ -48,6 +48,7 @@ class Trainer:
         # Under torchrun: this process's rank, and how the ranks share the work (none, ddp, fsdp).
         self.world = distributed.world()
         self.strategy = distributed.resolve_strategy(self.tc.strategy)
+        self.processes = self.world.size if self.strategy != "none" else 1  # that train this run together
         if self.strategy != "none":
             distributed.init_process_group()
         self.device = distributed.resolve_device(self.tc.device, self.world.local_rank)
@@ -74,8 +75,7 @@ class Trainer:
         self.ema = WeightEMA(self.model, self.tc.ema.decay) if self.tc.ema.decay is not None else None
         self.update = self.build_updates()
         self.optimizer, self.scheduler = self.update.optimizer, self.update.scheduler
-        self.interval = TrainInterval(self.update, self.world.size if self.strategy != "none" else 1,
-                                      self.total_steps)
+        self.interval = TrainInterval(self.update, self.processes, self.total_steps)
         # A compiled model is not watched op by op (the watch would break its graphs), nor a
         # distributed one (its collectives and FSDP2's sharded tensors are not plain storages).
         self.memory = PeakMemory(self.device, [self.model] + ([self.ema.module] if self.ema is not None else []),
@@ -128,10 +128,9 @@ class Trainer:
         resumed_from = self._maybe_resume()
         main = self.world.is_main
         if main:
-            per_rank = self.data.batch_size // self.world.size if self.strategy != "none" else self.data.batch_size
             log.info("%d optimizer steps of %d samples (%d micro-batches of %d = %d process(es) x %d) on %s, "
                      "strategy %s", self.total_steps, self.effective_batch, self.tc.accumulation_steps,
-                     self.data.batch_size, self.world.size if self.strategy != "none" else 1, per_rank,
+                     self.data.batch_size, self.processes, self.data.batch_size // self.processes,
                      self.device, self.strategy)
             if self.base_lr.note:
                 log.info("%s", self.base_lr.note)
@@ -140,7 +139,8 @@ class Trainer:
         continuing = resumed_from is not None or self.tc.resume == "auto"
         # Only rank 0 writes the run folder; the other ranks compute the same numbers silently.
         self.metrics_log = MetricsLog(self.folder, self.optimizer.param_groups[0].get("name", "group0"),
-                             self.tc.tensorboard, resume_step=self.step if continuing else None, active=main)
+                                      self.tc.tensorboard, resume_step=self.step if continuing else None,
+                                      active=main)
         self._start = time.perf_counter() - self.train_time
         self.interval.reset(self.step + 1)
         status, checkpoint_at_end = "completed", True
@@ -361,7 +361,7 @@ class Trainer:
             "optimizer_state_bytes": sum(state_bytes(o) for o in self.optimizers()),
             "effective_batch_size": self.effective_batch,
             "strategy": self.strategy,
-            "world_size": self.world.size if self.strategy != "none" else 1,
+            "world_size": self.processes,
             "skipped_steps": self.update.skipped,
             "device": str(self.device),
             "applied": self.applied(),

@@ -32,6 +32,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from optbench.build import inner_components
 from optbench.commands.common import is_hydra_setting, override_key, reports_bad_input, timestamped_output
 from optbench.errors import ConfigError
 from optbench.finished_runs import SEED_KEY, Run, RankingMetric, find_runs
@@ -85,9 +86,8 @@ def search_space(name: str, node: DictConfig, prefix: str = "") -> list[Dimensio
     where = f"optimizer={name}: {prefix}{SEARCH_KEY}"
     dims = []
     # A wrapped optimizer's dimensions first: its LR takes the first coordinate, like every LR.
-    for key, value in node.items():
-        if isinstance(value, DictConfig) and "_target_" in value:
-            dims += search_space(name, value, f"{prefix}{key}.")
+    for key, inner in inner_components(node).items():
+        dims += search_space(name, inner, f"{prefix}{key}.")
     for key, spec in (node.get(SEARCH_KEY) or {}).items():
         if OmegaConf.select(node, str(key), default=None) is None:
             raise ConfigError(f"{where}.{key}: the optimizer has no such setting to search.")
