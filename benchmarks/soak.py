@@ -11,7 +11,7 @@ Each run is a real `optbench run` process on a tiny configuration, given one ran
 At the end every run folder must hold a summary.json with a final status, and the table of
 outcomes is printed. Two runs go at a time.
 
-    python benchmarks/soak.py [--runs 200] [--seed 0]
+    python benchmarks/soak.py [--runs 200] [--seed 0] [--faults none kill ...] [--steps 400]
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-BASE = ["trainer.max_steps=400", "trainer.log_every=10", "trainer.eval_every=100", "trainer.checkpoint_every=20",
+LOG_EVERY = 10
+BASE = [f"trainer.log_every={LOG_EVERY}", "trainer.eval_every=100", "trainer.checkpoint_every=20",
         "trainer.progress=false", "trainer.tensorboard=false"]
 BAD = ["optimizer=nope", "optimizer.lr=-1", "trainer.max_steps=abc", "data.batch_size=0", "trainer.eppochs=2",
        "scheduler.warmup=-3", "trainer.precision=8", "params=layer_decay params.decay=2"]
@@ -41,9 +42,9 @@ def optbench(args: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def one_run(index: int, fault: str, rng: random.Random, root: Path) -> tuple[str, str]:
+def one_run(index: int, fault: str, rng: random.Random, root: Path, steps: int) -> tuple[str, str]:
     run_dir = root / f"run{index:03d}"
-    args = [*BASE, f"trainer.seed={index}", f"hydra.run.dir={run_dir}"]
+    args = [*BASE, f"trainer.max_steps={steps}", f"trainer.seed={index}", f"hydra.run.dir={run_dir}"]
     if fault == "bad":
         process = optbench([*args, *rng.choice(BAD).split()], root)
         _, err = process.communicate()
@@ -65,10 +66,10 @@ def one_run(index: int, fault: str, rng: random.Random, root: Path) -> tuple[str
     if fault in ("kill", "sigterm"):
         if not (run_dir / "metrics.jsonl").exists():
             return fault, f"WRONG: {final}, no metrics.jsonl after {attempts} resumes"
-        steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                 if '"split": "train"' in line]
-        if steps != sorted(set(steps)) or len(steps) != 40:
-            return fault, f"WRONG: logged steps {len(steps)} (duplicates or gaps)"
+        logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                  if '"split": "train"' in line]
+        if logged != sorted(set(logged)) or len(logged) != steps // LOG_EVERY:
+            return fault, f"WRONG: logged steps {len(logged)} (duplicates or gaps)"
     expected = {"none": {"completed"}, "nan": {"diverged"}, "skip": {"completed", "diverged"},
                 "kill": {"completed"}, "sigterm": {"completed"}}[fault]
     return fault, final if final in expected else f"WRONG: {final}"
@@ -83,12 +84,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--faults", nargs="+", choices=FAULTS, default=FAULTS, help="the faults to draw from")
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps of each run")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    plan = [(i, rng.choice(FAULTS), random.Random(rng.random())) for i in range(args.runs)]
+    plan = [(i, rng.choice(args.faults), random.Random(rng.random())) for i in range(args.runs)]
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
-        outcomes = list(pool.map(lambda p: one_run(p[0], p[1], p[2], Path(tmp)), plan))
+        outcomes = list(pool.map(lambda p: one_run(p[0], p[1], p[2], Path(tmp), args.steps), plan))
         lost = [d.name for d in Path(tmp).glob("run*") if status(d) is None]
     table = collections.Counter(outcomes)
     for (fault, outcome), count in sorted(table.items()):
