@@ -5,6 +5,7 @@ imported here, so that `--help` and `list` answer at once; each subcommand impor
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
@@ -77,7 +78,7 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        print(_usage())
+        print(_usage(), flush=True)
         return 0
     if args[0] in ("-V", "--version"):
         print(f"optbench {__version__}")
@@ -85,4 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         raise ConfigError(f"unknown command {command!r}. Commands: {', '.join(COMMANDS)}.")
-    return HANDLERS[command](rest)
+    try:
+        return HANDLERS[command](rest)
+    except BrokenPipeError:  # `optbench list | head`: the reader has gone, so stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 1

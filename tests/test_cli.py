@@ -64,3 +64,31 @@ def test_run_help_and_cfg_job_work_as_in_any_hydra_app(workdir):
     assert cfg.returncode == 0
     assert "nesterov: true" in cfg.stdout and "lr: 0.3" in cfg.stdout
     assert not (workdir / "outputs").exists()  # printing the config runs nothing
+
+
+def test_run_m_with_cfg_shows_the_one_run_or_says_why_not(workdir, monkeypatch, capsys):
+    """Hydra refuses --cfg and --info with --multirun (a ValueError): optbench shows the run that
+    -m's overrides name, and refuses overrides that sweep, with exit status 2."""
+    from optbench.commands.run import run
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "argv", sys.argv)  # run() hands Hydra its arguments through sys.argv
+    assert run(["-m", "hydra/launcher=slurm", "optimizer=sgd", "--cfg", "hydra"]) == 0
+    assert "_target_: hydra_plugins.optbench_slurm_launcher.slurm_launcher.SlurmLauncher" in capsys.readouterr().out
+
+    assert run(["-m", "optimizer=sgd,adamw", "trainer.seed=1", "--cfg", "hydra"]) == 2
+    message = capsys.readouterr().err
+    assert "--cfg hydra with -m: optimizer=sgd,adamw sweep over several runs" in message
+    assert "(optimizer=sgd)" in message and "Traceback" not in message
+    assert not (workdir / "outputs").exists()  # showing runs nothing
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`optbench list | head -1`: the reader goes away; no traceback."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(f"'{sys.executable}' -m optbench list | head -1", shell=True, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.startswith("models (model=NAME):")
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
