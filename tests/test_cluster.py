@@ -1,22 +1,30 @@
-"""SLURM sweeps through Hydra's submitit launcher: the config composes, the job script that submitit
-would submit says what was asked (no cluster needed), and a job that gets submitit's preemption
-signal checkpoints, is requeued by submitit, and resumes from its checkpoint."""
+"""SLURM sweeps through Hydra's submitit launcher: Hydra's plugin discovery instantiates it, the job
+script that submitit would submit says what was asked (no cluster needed), and a job that gets
+submitit's preemption signal checkpoints, is requeued by submitit, and resumes from its checkpoint:
+in-process, and end to end through submitit's LocalExecutor."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
 
-import hydra.utils
 import pytest
 import submitit
 import torch
+from hydra.core.plugins import Plugins
 from submitit.core.job_environment import SignalHandler
 from submitit.core.utils import DelayedSubmission, JobPaths
 from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE, LocalJobEnvironment
 
-from conftest import read_summary
-from optbench.cluster import SlurmLauncher, with_resume
+# The module, not its classes: Hydra's plugin scan executes it again, and the classes it registers
+# are the ones the module holds afterwards.
+from hydra_plugins.optbench_slurm_launcher import slurm_launcher
+from conftest import read_metrics, read_summary, run_cli
+from optbench.cluster import with_resume
 from optbench.config import compose, job_config
 from optbench.trainer import Trainer
 
@@ -25,8 +33,9 @@ def test_the_slurm_launcher_composes_and_renders_the_job_script(tmp_path, monkey
     cfg = compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
                    "hydra.launcher.tasks_per_node=4", "hydra.launcher.timeout_min=90",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}", "optimizer=sgd"])
-    launcher = hydra.utils.instantiate(cfg.hydra.launcher)
-    assert isinstance(launcher, SlurmLauncher)
+    # As `optbench run -m` gets it: Hydra accepts a launcher only from the hydra_plugins package.
+    launcher = Plugins.instance().instantiate_launcher(hydra_context=None, task_function=None, config=cfg)
+    assert isinstance(launcher, slurm_launcher.SlurmLauncher)
 
     submitted = []
 
@@ -38,7 +47,6 @@ def test_the_slurm_launcher_composes_and_renders_the_job_script(tmp_path, monkey
 
     monkeypatch.setattr(submitit.AutoExecutor, "map_array", render)
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # as if srun were here
-    launcher.setup(hydra_context=None, task_function=None, config=cfg)
     launcher.launch([["optimizer=sgd", "optimizer.lr=0.1"], ["optimizer=sgd", "optimizer.lr=0.3"]], 0)
 
     [(script, function, job_args)] = submitted
@@ -69,7 +77,7 @@ def test_a_preempted_job_checkpoints_is_requeued_by_submitit_and_resumes(tmp_pat
     monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "7")
     paths = JobPaths(tmp_path / "submitit", job_id="7")
     paths.folder.mkdir(parents=True)
-    job = DelayedSubmission(SlurmLauncher(), overrides, "hydra.sweep.dir", 0, "job_id_for_0", {})
+    job = DelayedSubmission(slurm_launcher.SlurmLauncher(), overrides, "hydra.sweep.dir", 0, "job_id_for_0", {})
     job.set_timeout(60, 3)
     handler = SignalHandler(LocalJobEnvironment(), paths, job)
     previous = signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
@@ -93,10 +101,51 @@ def test_a_preempted_job_checkpoints_is_requeued_by_submitit_and_resumes(tmp_pat
     summary = read_summary(tmp_path / "job")  # ... after optbench finished step 5 and checkpointed it
     assert summary["status"] == "interrupted" and summary["steps"] == 5
     requeued = DelayedSubmission.load(paths.submitted_pickle)
-    assert isinstance(requeued.function, SlurmLauncher) and requeued.args[0] == overrides
+    assert isinstance(requeued.function, slurm_launcher.SlurmLauncher) and requeued.args[0] == overrides
 
     # The requeued job: the same call, which the launcher runs with trainer.resume=auto.
     resumed = Trainer(job_config(with_resume(requeued.args[0])), tmp_path / "job")
     assert resumed.fit()["status"] == "completed"
     for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_sweep_through_submitit_requeues_a_stopped_job_which_resumes(workdir):
+    """`hydra/launcher=slurm_local`: the sweep's job is a process under submitit's LocalExecutor.
+    SIGUSR2 (SLURM's warning before the time limit) mid-run: the job checkpoints, submitit requeues
+    it, and the job that runs again resumes from the checkpoint and completes."""
+    sweep_dir, steps = workdir / "sweep", 1000  # about 2 s of training: the signal arrives mid-run
+    ended: list[subprocess.CompletedProcess] = []
+    sweep = threading.Thread(target=lambda: ended.append(run_cli(
+        "run", "-m", "hydra/launcher=slurm_local", f"hydra.sweep.dir={sweep_dir}", f"trainer.max_steps={steps}",
+        "trainer.log_every=25", "trainer.eval_every=500", "trainer.progress=false", "trainer.tensorboard=false",
+        cwd=workdir, env={"OMP_NUM_THREADS": "1"})))
+    sweep.start()
+    os.kill(training_task(sweep_dir, sweep_dir / "0"), signal.SIGUSR2)
+    sweep.join()
+
+    [result] = ended
+    assert result.returncode == 0, result.stderr
+    assert "1 completed" in result.stderr
+    log = (sweep_dir / "0" / "optbench.log").read_text()
+    assert "SIGUSR2 received" in log and "resumed from" in log, log
+    [submitit_log] = (sweep_dir / ".submitit").glob("*/*_0_log.out")
+    assert "Requeued job" in submitit_log.read_text()
+    assert read_summary(sweep_dir / "0")["status"] == "completed" and read_summary(sweep_dir / "0")["steps"] == steps
+    logged = [m["step"] for m in read_metrics(sweep_dir / "0") if m["split"] == "train"]
+    assert logged == list(range(25, steps + 1, 25))  # each step once: the resume continued where it stopped
+
+
+def training_task(sweep_dir: Path, run_dir: Path, timeout_s: float = 120) -> int:
+    """The process id of the sweep's first submitit task, once its run has logged a training line."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and any(m["split"] == "train" for m in read_metrics(metrics.parent)):
+            # The job's folder is named after the job id: the pid of submitit's controller, the
+            # task's parent.
+            [controller] = (p.name for p in (sweep_dir / ".submitit").iterdir() if p.name.isdigit())
+            return int(Path(f"/proc/{controller}/task/{controller}/children").read_text().split()[0])
+        time.sleep(0.05)
+    raise AssertionError(f"no training line in {run_dir} after {timeout_s} s")

@@ -23,8 +23,36 @@ def test_bench_writes_times_and_state_bytes(workdir):
     # Adafactor keeps row and column statistics of each matrix: far below a full second moment.
     assert float(rows[("adafactor", "torch")]["state_bytes_per_param"]) < 0.5
     if ("adam8bit", "bitsandbytes") in rows:  # 8-bit moments; small vectors stay 32-bit
-        assert float(rows[("adam8bit", "bitsandbytes")]["state_bytes_per_param"]) < 2.5
+        eight_bit = rows[("adam8bit", "bitsandbytes")]
+        assert float(eight_bit["state_bytes_per_param"]) < 2.5
+        # Its step time beside fused AdamW's is said under the table, as measured.
+        adamw_state = float(rows[("adamw (baseline)", "torch fused")]["state_bytes_per_param"])
+        assert (f"note: adam8bit (bitsandbytes): a step takes {float(eight_bit['vs_fused_adamw'])}x as long as "
+                f"fused AdamW's on this CPU, for {float(eight_bit['state_bytes_per_param'])} instead of "
+                f"{adamw_state} state bytes per parameter.") in result.stdout
+    else:
+        assert "note: adam8bit: not installed" in result.stdout
     assert all(float(r["step_ms"]) > 0 for r in rows.values())
+
+
+def test_bench_names_every_optimizer_it_leaves_out_with_why(monkeypatch):
+    from optbench.commands import bench
+    from optbench.paths import configs_dir
+
+    names, skipped = bench.chosen(None)
+    assert sorted([*names, *skipped]) == sorted(p.stem for p in (configs_dir() / "optimizer").glob("*.yaml"))
+    assert "muon" in skipped and "minutes" in skipped["muon"] and "optimizers=muon" in skipped["muon"]
+    assert bench.chosen(["sgd", "muon"]) == (["sgd", "muon"], {})  # named: none left out
+
+    # A reference library that is not installed is named too, not passed over.
+    monkeypatch.setitem(bench.REFERENCES, "sgd", [("nolib", "no_such_library.SGD")])
+    found = bench.candidates(["sgd"], bench.parameter_set(100, 4), skipped)
+    assert [(c.name, c.implementation) for c in found][2:] == [("sgd", "torch")]
+    table = [{"optimizer": c.name, "implementation": c.implementation, "vs_fused_adamw": 1.0,
+              "state_bytes_per_param": 0.0} for c in found]
+    lines = bench.notes(table, skipped)
+    assert any(line.startswith("muon: left out by default") for line in lines)
+    assert any(line.startswith("sgd (nolib): not installed") and "no_such_library" in line for line in lines)
 
 
 def test_bench_bad_input_exits_2(workdir):

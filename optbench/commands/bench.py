@@ -6,14 +6,14 @@ all) with fixed gradients. torch's fused AdamW and fused SGD with momentum run b
 baselines, and so does the same optimizer from timm, pytorch-optimizer and lion-pytorch where
 they are installed. Steps are timed round-robin (one step of each, `repeats` times) so that a
 busy machine slows all of them alike; `warmup` steps before, compilation included, are not
-timed. Reported: the median step time, its ratio to the baselines, and state bytes per parameter.
+timed. Reported: the median step time, its ratio to the baselines, and state bytes per parameter;
+under the table, every optimizer left out and why, and what 8-bit state costs in step time here.
 """
 
 from __future__ import annotations
 
 import csv
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ USAGE = """usage: optbench bench [optimizers=NAME,...] [params=N] [width=N] [rep
 Step time (median of `repeats` timed steps, after `warmup` untimed ones) and optimizer-state
 bytes per parameter of each optimizer config (default: all of configs/optimizer/ but muon), beside torch's
 fused AdamW and fused SGD-momentum and the same optimizer from timm / pytorch-optimizer /
-lion-pytorch when installed.
+lion-pytorch when installed. Under the table: every optimizer left out, and why.
 
   optimizers  comma-separated config names (default: all but muon, whose bfloat16
               orthogonalization takes minutes per step on a CPU)
@@ -92,20 +92,39 @@ def parse(args: list[str]) -> tuple[dict[str, int], list[str] | None, Path | Non
     return settings, names, csv_path
 
 
-def parameter_set(total: int, width: int) -> list[Any]:
-    """Blocks of one width x width matrix and three width-vectors, with fixed random gradients."""
+def parameter_set(total: int, width: int, device: str = "cpu") -> list[Any]:
+    """Blocks of one width x width matrix and three width-vectors, with fixed random gradients
+    (drawn on the CPU, so that every device gets the same numbers)."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
     blocks = max(1, round(total / (width * width + 3 * width)))
     shapes = [s for _ in range(blocks) for s in [(width, width), (width,), (width,), (width,)]]
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
+    params = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device)) for s in shapes]
     for p in params:
-        p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+        p.grad = (torch.randn(p.shape, generator=gen) * 1e-3).to(device)
     return params
 
 
-def candidates(names: list[str], params: list[Any]) -> list[Candidate]:
+def chosen(names: list[str] | None) -> tuple[list[str], dict[str, str]]:
+    """The optimizer configs to bench: `names`, checked, or by default every config of
+    configs/optimizer/ that is not slow on a CPU; and the ones left out, with why."""
+    from optbench.paths import configs_dir
+
+    available = sorted(p.stem for p in (configs_dir() / "optimizer").glob("*.yaml"))
+    unknown = [n for n in names or [] if n not in available]
+    if unknown:
+        raise ConfigError(f"optimizers={unknown[0]}: no such optimizer. Available: {', '.join(available)}.")
+    if names is not None:
+        return names, {}
+    left_out = {name: f"left out by default: {why}; name it (optimizers={name}) to include it"
+                for name, why in SLOW_ON_CPU.items() if name in available}
+    return [n for n in available if n not in left_out], left_out
+
+
+def candidates(names: list[str], params: list[Any], skipped: dict[str, str]) -> list[Candidate]:
+    """The baselines and each named optimizer with its references; what cannot be built goes into
+    `skipped` (what: why) instead."""
     import torch
 
     from optbench.build import accepted, arguments, call_with_context, locate, optimizer_from
@@ -124,12 +143,13 @@ def candidates(names: list[str], params: list[Any]) -> list[Candidate]:
         try:
             found.append(Candidate(name, owner, optimizer_from(node, params)))
         except ImportError as e:
-            print(f"bench: skipping {name}: {e}", file=sys.stderr)
+            skipped[name] = f"not installed: {e}"
         settings = {k: v for k, v in arguments(node).items() if k in SHARED_SETTINGS}
         for library, path in REFERENCES.get(name, []):
             try:
                 cls = locate(path)
-            except ImportError:
+            except ImportError as e:
+                skipped[f"{name} ({library})"] = f"not installed: {e}"
                 continue
             names_ok = accepted(cls)
             kwargs = {k: v for k, v in settings.items() if names_ok is None or k in names_ok}
@@ -138,16 +158,22 @@ def candidates(names: list[str], params: list[Any]) -> list[Candidate]:
 
 
 def measure(found: list[Candidate], warmup: int, repeats: int) -> None:
+    import torch
+
     from optbench.optim.wrapping import state_bytes
 
+    # CUDA queues kernels and returns: wait for each step's before reading the clock.
+    finish = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
     for c in found:
         for _ in range(warmup):
             c.optimizer.step()
         c.state_bytes = state_bytes(c.optimizer)  # through wrappers, without creating state
     for _ in range(repeats):
         for c in found:
+            finish()
             start = time.perf_counter()
             c.optimizer.step()
+            finish()
             c.times.append(time.perf_counter() - start)
 
 
@@ -162,6 +188,19 @@ def rows(found: list[Candidate], n_params: int) -> list[dict[str, Any]]:
             "state_bytes_per_param": round(c.state_bytes / n_params, 3),
         })
     return out
+
+
+def notes(table: list[dict[str, Any]], skipped: dict[str, str]) -> list[str]:
+    """What the table does not show: the optimizers left out with why, and, for the 8-bit ones,
+    their step time beside fused AdamW's as measured here, with the state memory that it buys."""
+    lines = [f"{name}: {why}" for name, why in skipped.items()]
+    adamw = table[0]  # the fused AdamW baseline
+    for row in table:
+        if row["implementation"] == "bitsandbytes":
+            lines.append(f"{row['optimizer']} (bitsandbytes): a step takes {row['vs_fused_adamw']}x "
+                         f"as long as fused AdamW's on this CPU, for {row['state_bytes_per_param']} instead of "
+                         f"{adamw['state_bytes_per_param']} state bytes per parameter.")
+    return lines
 
 
 def print_table(table: list[dict[str, Any]], title: str) -> None:
@@ -184,13 +223,8 @@ def main(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0
-    from optbench.paths import configs_dir
-
     settings, names, csv_path = parse(args)
-    available = sorted(p.stem for p in (configs_dir() / "optimizer").glob("*.yaml"))
-    unknown = [n for n in names or [] if n not in available]
-    if unknown:
-        raise ConfigError(f"optimizers={unknown[0]}: no such optimizer. Available: {', '.join(available)}.")
+    names, skipped = chosen(names)  # bad input is reported before torch is imported
 
     import torch
 
@@ -199,16 +233,14 @@ def main(args: list[str]) -> int:
     torch.set_flush_denormal(True)  # decaying states must not reach slow denormal arithmetic
     params = parameter_set(settings["params"], settings["width"])
     n_params = sum(p.numel() for p in params)
-    if names is None:
-        names = [n for n in available if n not in SLOW_ON_CPU]
-        for name, why in SLOW_ON_CPU.items():
-            print(f"bench: {name} left out by default ({why}); name it to include it.", file=sys.stderr)
-    found = candidates(names, params)
+    found = candidates(names, params, skipped)
     measure(found, settings["warmup"], settings["repeats"])
     table = rows(found, n_params)
     title = (f"optimizer step on {n_params / 1e6:.2f}M parameters ({len(params)} tensors), "
              f"{torch.get_num_threads()} threads, median of {settings['repeats']} steps")
     print_table(table, title)
+    for line in notes(table, skipped):
+        print(f"note: {line}")
     if csv_path is not None:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         with csv_path.open("w", newline="") as f:

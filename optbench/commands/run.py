@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from optbench import distributed, sweep
 from optbench.commands.common import Invocation, report, reports_bad_input
-from optbench.config import expand_smoke, register_recipes, validate_overrides
+from optbench.config import expand_smoke, register_recipes, sweep_choices, validate_overrides
 from optbench.errors import ConfigError
 from optbench.hparams import log_job_hparams
 from optbench.sweep import INTERRUPTED  # exit status of a run stopped by a signal
@@ -27,6 +28,8 @@ def run(args: list[str], rerun_hint: bool = True) -> int:
 
     invocation = _expanded(Invocation.parse(args))
     sweep_dir: Path | None = None
+    if invocation.shows_only and invocation.multirun:
+        invocation = _one_run_to_show(invocation)
     if not invocation.shows_only:
         first = validate_overrides(list(invocation.overrides), invocation.multirun, invocation.source)
         devices = distributed.devices_to_start(first)
@@ -90,6 +93,23 @@ def _expanded(invocation: Invocation) -> Invocation:
     """`invocation` with `smoke=true`'s overrides in front of the user's (theirs win), recipes selectable."""
     register_recipes()
     return invocation.with_overrides(expand_smoke(list(invocation.overrides), invocation.source))
+
+
+def _one_run_to_show(invocation: Invocation) -> Invocation:
+    """`invocation` without -m, for a flag that shows something (--cfg, --info, ...).
+
+    Hydra shows one run and refuses those flags with --multirun; a command whose overrides name one
+    run shows that run, one whose overrides sweep is refused (which run would it show?).
+    """
+    overrides = list(invocation.overrides)
+    sweeping = {o: choices for o, choices in zip(overrides, sweep_choices(overrides)) if len(choices) > 1}
+    if sweeping:
+        shown = " ".join(invocation.flags)
+        raise ConfigError(
+            f"{shown} with -m: {' '.join(sweeping)} sweep over several runs, and {shown} shows one run; "
+            f"give each key one value ({' '.join(c[0] for c in sweeping.values())}), or validate every run "
+            f"of the sweep with `optbench check -m ...`.")
+    return replace(invocation, multirun=False)
 
 
 def run_job(cfg: DictConfig) -> int:
