@@ -69,7 +69,7 @@ def validate_config(cfg: DictConfig, preview: bool = False) -> list[str]:
     if not preview and cfg.get("gan") is not None:
         problems += check_gan(cfg)
     if not preview:
-        problems += check_memory_format(cfg)
+        problems += check_memory_format(cfg) + check_launcher(cfg)
     if not problems and not preview:
         problems += dry_run_optimizer(cfg.optimizer)
     warnings: list[str] = []
@@ -120,6 +120,17 @@ def check_gan(cfg: DictConfig) -> list[str]:
                             f"{group}@gan.g{'_scheduler' if group == 'scheduler' else ''}=NAME, set fields "
                             f"with gan.g{'_scheduler' if group == 'scheduler' else ''}.FIELD=VALUE.")
     return problems
+
+
+def check_launcher(cfg: DictConfig) -> list[str]:
+    """A SLURM launcher needs SLURM's commands on this machine (submitit calls sbatch and srun)."""
+    import shutil
+
+    launcher = str(cfg.get("hydra", {}).get("launcher", {}).get("_target_", ""))
+    if launcher.endswith(".SlurmLauncher") and shutil.which("sbatch") is None:
+        return ["hydra/launcher=slurm: SLURM's sbatch is not found on this machine; run the sweep on a "
+                "SLURM login node, or try the same jobs here with hydra/launcher=slurm_local."]
+    return []
 
 
 def check_memory_format(cfg: DictConfig) -> list[str]:

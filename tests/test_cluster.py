@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import subprocess
 import threading
 import time
@@ -149,3 +150,14 @@ def training_task(sweep_dir: Path, run_dir: Path, timeout_s: float = 120) -> int
             return int(Path(f"/proc/{controller}/task/{controller}/children").read_text().split()[0])
         time.sleep(0.05)
     raise AssertionError(f"no training line in {run_dir} after {timeout_s} s")
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="SLURM is installed here")
+def test_slurm_without_slurm_is_refused_before_anything_runs(tmp_path):
+    from optbench.config import validate_overrides
+    from optbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hydra/launcher=slurm: SLURM's sbatch is not found.*slurm_local"):
+        validate_overrides(["hydra/launcher=slurm", "optimizer=sgd", f"hydra.sweep.dir={tmp_path / 's'}"],
+                           multirun=True)
+    assert not (tmp_path / "s").exists()
