@@ -219,6 +219,7 @@ def validate_overrides(overrides: list[str], multirun: bool, source: ConfigSourc
     assert first is not None
     if not multirun:
         _refuse_to_overwrite(first)
+        _refuse_fixed_length_change(first)
     return first
 
 
@@ -231,3 +232,42 @@ def _refuse_to_overwrite(cfg: DictConfig) -> None:
             f"trainer.resume=auto, or choose another folder; optbench never overwrites a run."
         )
 
+
+def _refuse_fixed_length_change(cfg: DictConfig) -> None:
+    """Refuse, before any compute, a resume with another length than the checkpoint's run where a
+    scheduler keeps its length in its state.
+
+    optbench's schedules are re-planned for a resumed run's length (`ScheduledLR.load_state_dict`).
+    A torch scheduler given the run's `total_steps` (OneCycleLR) holds it in the state that a resume
+    restores, and nothing outside it can re-plan it: past the old length it would stop the run.
+    """
+    tc = cfg.trainer
+    if tc.resume is None:
+        return
+    from optbench.build import accepted, is_schedule, locate, planned_length
+
+    nodes = {"scheduler": cfg.scheduler}
+    if cfg.get("gan") is not None:
+        nodes |= {f"gan.{net}_scheduler": cfg.gan[f"{net}_scheduler"] for net in ("g", "d")}
+    # Those that build_scheduler gives the run's total_steps (all of them to a **kwargs signature).
+    fixed = [key for key, node in nodes.items() if not is_schedule(node) and "total_steps" not in node
+             and "total_steps" in (accepted(locate(node._target_)) or {"total_steps"})]
+    if not fixed:
+        return
+    from optbench import checkpoint
+
+    found = checkpoint.find_resume(str(tc.resume), RunFolder(Path(str(cfg.hydra.run.dir))))
+    if found is None:
+        return
+    path, state = found
+    steps, saved_steps = planned_length(cfg)[0], planned_length(OmegaConf.create(state["config"]))[0]
+    if steps == saved_steps:
+        return
+    length = f"trainer.max_steps={steps}" if tc.max_steps is not None else f"trainer.epochs={tc.epochs} ({steps} steps)"
+    raise ConfigError(
+        f"{length} with trainer.resume={tc.resume}: the checkpoint {path} is of a run of {saved_steps} "
+        f"optimizer steps, and {fixed[0]}._target_={nodes[fixed[0]]._target_} keeps that length in its "
+        f"state, so it cannot be re-planned. Resume with trainer.max_steps={saved_steps}, or train the longer "
+        f"run in another folder; optbench's own schedules (configs/scheduler/, scheduler=onecycle) are "
+        f"re-planned when a run is resumed with another length."
+    )

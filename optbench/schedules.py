@@ -61,6 +61,9 @@ class Schedule:
     """Linear warmup, then `decay(t)` for t = step - warmup over `span` = total - warmup steps."""
 
     cycle_momentum = False  # whether `momentum()` gives a value to set (OneCycle)
+    # Attributes that say where a run stands rather than what the schedule plans: a resume keeps
+    # them when it re-plans the schedule for another length (`ScheduledLR.load_state_dict`).
+    progress: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -366,6 +369,8 @@ class Plateau(Schedule):
     """Multiply the LR by `factor` when validation `metric` stops improving (torch's
     ReduceLROnPlateau, without its `eps`). `patience` and `cooldown` count evaluations
     (`trainer.eval_every`); the new LR applies from the next optimizer step."""
+
+    progress = ("level", "best", "bad_evaluations", "cooldown_left")
 
     def __init__(self, total_steps: PositiveInt, metric: str = "loss", mode: Literal["min", "max"] = "min",
                  factor: UnitInterval = 0.1, patience: NonNegativeInt = 10, threshold: NonNegativeFloat = 1e-4,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import random
@@ -13,9 +14,10 @@ import time
 import pytest
 import torch
 
-from conftest import read_summary, run_cli
+from conftest import read_metrics, read_summary, run_cli
 from optbench import checkpoint
-from optbench.config import job_config
+from optbench.config import job_config, validate_overrides
+from optbench.errors import ConfigError
 from optbench.paths import configs_dir
 from optbench.trainer import Trainer
 
@@ -177,3 +179,39 @@ def test_checkpoint_from_another_configuration_is_explained(workdir):
     assert result.returncode == 2
     assert "does not fit this configuration" in result.stderr and "model.hidden" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+EXTEND = ["model.hidden=[16]", "trainer.log_every=5", "trainer.eval_every=10", "trainer.progress=false",
+          "trainer.tensorboard=false"]
+
+
+def logged_lrs(run_dir) -> dict[int, float]:
+    return {r["step"]: r["lr"] for r in read_metrics(run_dir) if "lr" in r}
+
+
+def test_finished_run_extended_follows_a_schedule_planned_for_the_new_length(tmp_path, caplog):
+    """A finished 20-step cosine run resumed with trainer.max_steps=40: after the resume the LR is
+    the 40-step run's (it ends near 0), not the old cosine wrapped up again (9.9e-4 at step 40)."""
+    cosine = [*EXTEND, "scheduler=cosine"]
+    Trainer(job_config([*cosine, "trainer.max_steps=20"]), tmp_path / "run").fit()
+    with caplog.at_level(logging.WARNING, logger="optbench"):
+        Trainer(job_config([*cosine, "trainer.max_steps=40", "trainer.resume=auto"]), tmp_path / "run").fit()
+    Trainer(job_config([*cosine, "trainer.max_steps=40"]), tmp_path / "whole").fit()
+    extended, whole = logged_lrs(tmp_path / "run"), logged_lrs(tmp_path / "whole")
+    assert [extended[s] for s in (25, 30, 35, 40)] == [whole[s] for s in (25, 30, 35, 40)]
+    assert extended[40] < 1e-5
+    assert "(Cosine) was planned for 20 optimizer steps and this run has 40: re-planned" in caplog.text
+
+
+def test_resume_with_another_length_is_refused_where_a_torch_scheduler_holds_it(tmp_path):
+    """torch's OneCycleLR keeps total_steps in its state: extended, it would fail past the old
+    length mid-run, so the pre-flight refuses, naming the key and the checkpoint's length."""
+    onecycle = [*EXTEND, "scheduler=none", "~scheduler.warmup", "+scheduler.max_lr=0.01",
+                "scheduler._target_=torch.optim.lr_scheduler.OneCycleLR", f"hydra.run.dir={tmp_path}"]
+    Trainer(job_config([*onecycle[:-1], "trainer.max_steps=4"]), tmp_path).fit()
+    validate_overrides([*onecycle, "trainer.max_steps=4", "trainer.resume=auto"], multirun=False)  # the same run
+    with pytest.raises(ConfigError) as refused:
+        validate_overrides([*onecycle, "trainer.max_steps=8", "trainer.resume=auto"], multirun=False)
+    message = str(refused.value)
+    assert message.startswith("trainer.max_steps=8 with trainer.resume=auto")
+    assert "a run of 4 optimizer steps" in message and "Resume with trainer.max_steps=4" in message

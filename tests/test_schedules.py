@@ -16,6 +16,7 @@ import torch
 
 from optbench.build import build_scheduler
 from optbench.config import compose
+from optbench.paths import configs_dir
 
 BASE_LRS = [0.1, 0.01, 0.3]  # three groups, three scales
 TOTAL = 600
@@ -275,3 +276,34 @@ def test_restored_schedule_continues_identically(name, kind):
 
     assert head + tail == whole
     assert len({tuple(row) for row in whole[stop:]}) > 1  # the schedule still changes after the stop
+
+
+SCHEDULES = sorted(p.stem for p in configs_dir().joinpath("scheduler").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_resumed_with_another_length_the_schedule_is_re_planned(name, caplog):
+    """A run of 200 steps resumed at step 126 as a run of 400 (`trainer.max_steps=400
+    trainer.resume=auto`): from the resume on, every LR and momentum is the 400-step run's, bit
+    for bit, with what the schedule learnt before the stop (plateau's reductions) kept."""
+    stop, every = 126, 7  # an evaluation right before the stop, as the trainer checkpoints
+    metrics = [0.5 - 0.01 * k if k % 9 < 4 else 0.6 for k in range(400 // every)]
+    overrides = RESUME_CASES.get(name, [])
+    whole = run(ours(name, *overrides, total=400, kind="adam"), 400, metrics, every)
+
+    first = ours(name, *overrides, total=200, kind="adam")
+    run(first, stop, metrics, every)
+    buffer = io.BytesIO()
+    torch.save({"optimizer": first.optimizer.state_dict(), "scheduler": first.state_dict()}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    longer = ours(name, *overrides, total=400, kind="adam")
+    longer.optimizer.load_state_dict(state["optimizer"])
+    with caplog.at_level("WARNING", logger="optbench"):
+        longer.load_state_dict(state["scheduler"])
+    tail = run(longer, 400 - stop, metrics[stop // every:], every)
+
+    assert tail == whole[stop:]
+    assert "planned for 200 optimizer steps and this run has 400: re-planned" in caplog.text
+    if name == "plateau":
+        assert longer.schedule.level < 1  # reduced before the stop, and still

@@ -73,6 +73,10 @@ class Bert(nn.Module):
         """Embeddings, each block, then the final norm with the head (the BEiT/timm order)."""
         return [["embed"], *[[f"blocks.{i}"] for i in range(len(self.blocks))], ["norm", "head"]]
 
+    def no_weight_decay(self) -> set[str]:
+        """The learned position embedding: no weight decay, as timm's ViT has for its `pos_embed`."""
+        return {"embed.positions"}
+
     def load_body(self, path: Path) -> None:
         """Every weight but `head.*` from a checkpoint file, or a run folder's checkpoints/last.pt."""
         if path.is_dir():

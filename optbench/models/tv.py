@@ -89,5 +89,9 @@ class TorchvisionViT(nn.Module):
         return [["body.conv_proj", "body.class_token", "body.encoder.pos_embedding"], *blocks,
                 ["body.encoder.ln", "head"]]
 
+    def no_weight_decay(self) -> set[str]:
+        """The position embedding and class token: no weight decay, as timm's ViT (`pos_embed`, `cls_token`)."""
+        return {"body.encoder.pos_embedding", "body.class_token"}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))

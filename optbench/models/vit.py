@@ -67,6 +67,10 @@ class ViT(nn.Module):
         return [["patch_embed", "cls_token", "pos_embed"], *[[f"blocks.{i}"] for i in range(len(self.blocks))],
                 ["norm", "head"]]
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters without weight decay besides biases and norms (timm's ViT names the same)."""
+        return {"pos_embed", "cls_token"}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
