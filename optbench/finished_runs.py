@@ -1,14 +1,15 @@
 """Finished runs read back from their folders: what `optbench report` and `optbench compare` work on.
 
 A run folder is any folder holding Hydra's `.hydra/overrides.yaml`; single runs and the numbered
-jobs of a multirun look the same. Runs are told apart by the overrides that differ between them
-(the "varied keys"); runs that differ only in their seed form one group.
+jobs of a multirun look the same. Runs are told apart by the overrides whose resolved values
+differ between them (the "varied keys"); runs that differ only in their seed form one group.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from optbench.schema import TrainerConfig
 
 SEED_KEY = "trainer.seed"
 LR_KEY = "optimizer.lr"
+# Settings that change what a run shows or stores, never what it computes: they tell no runs apart.
+NOT_COMPARED = {"trainer.progress", "trainer.tensorboard", "trainer.checkpoint_every", "trainer.resume"}
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Run:
     summary: dict[str, Any]
     metrics: list[dict[str, Any]] = field(repr=False)
     diagnostics: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    choices: dict[str, str] = field(default_factory=dict)  # config group -> the option it ran with
 
     @property
     def status(self) -> str:
@@ -41,6 +45,20 @@ class Run:
                 return default
             node = node[part]
         return node
+
+    def value(self, key: str) -> Any:
+        """The run's resolved value of an override key, so that runs compare by what they ran with,
+        however (or whether) the command line spelled it: a config group's option (`optimizer` ->
+        `adamw`, chosen or default), else the setting in the run's config, else the override as
+        YAML types it (a run that wrote no summary); None where the run has no such setting."""
+        if key in self.choices:
+            return self.choices[key]
+        setting = self.config(key)
+        if setting is not None and not isinstance(setting, dict):
+            return setting
+        if key in self.overrides:
+            return _typed(self.overrides[key])
+        return setting
 
     def series(self, split: str, name: str) -> dict[int, float]:
         """step -> value of one metric; a null (non-finite) value as NaN."""
@@ -67,10 +85,34 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
     return {pair[0]: pair[1] if len(pair) > 1 else "" for pair in pairs}
 
 
+def _typed(text: str) -> Any:
+    """An override's value typed as Hydra types it: `false` and `False` a bool, `1e-3` a number."""
+    import yaml
+
+    value = yaml.safe_load(text) if text else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def read_choices(run_dir: Path) -> dict[str, str]:
+    """config group -> option, from Hydra's runtime.choices ({} for a folder without Hydra's files)."""
+    from omegaconf import OmegaConf
+
+    path = RunFolder(run_dir).hydra_settings
+    if not path.exists():
+        return {}
+    choices = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default={})
+    return {str(k): str(v) for k, v in choices.items() if v is not None and not str(k).startswith("hydra/")}
+
+
 def load_run(run_dir: Path) -> Run:
     folder = RunFolder(run_dir)
     return Run(run_dir, read_overrides(run_dir), folder.read_summary(), _json_lines(folder.metrics),
-               _json_lines(folder.diagnostics))
+               _json_lines(folder.diagnostics), read_choices(run_dir))
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:
@@ -98,15 +140,37 @@ def _natural(path: Path) -> list[Any]:
 
 
 def varied_keys(runs: list[Run]) -> list[str]:
-    """Override keys whose value is not the same in every run, in the order they first appear."""
-    keys = list(dict.fromkeys(k for run in runs for k in run.overrides))
-    return [k for k in keys if len({run.overrides.get(k) for run in runs}) > 1]
+    """Override keys whose resolved value (`Run.value`) is not the same in every run, in the order
+    they first appear; settings that cannot change a result (NOT_COMPARED) are left out."""
+    keys = list(dict.fromkeys(k for run in runs for k in run.overrides if k not in NOT_COMPARED))
+    return [k for k in keys if len({json.dumps(run.value(k), sort_keys=True, default=str) for run in runs}) > 1]
+
+
+def shown(value: Any) -> str:
+    """A resolved value as a table cell or label part: blank when missing, `1e-05` not `1e-05.0`."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def label(run: Run, keys: list[str]) -> str:
-    """The run's group name: its values of `keys` (seed excluded), or `all` when there are none."""
-    parts = [f"{k}={run.overrides.get(k, '-')}" for k in keys if k != SEED_KEY]
+    """The run's group name: its values of `keys` (seed excluded, and keys that the run does not
+    have, such as `optimizer.betas.0` of SGD), or `all` when there are none."""
+    parts = [f"{k}={shown(run.value(k))}" for k in keys if k != SEED_KEY and run.value(k) is not None]
     return " ".join(parts) or "all"
+
+
+def run_names(runs: list[Run]) -> list[str]:
+    """A name for each run that no other run has: its folder below the folder that holds them all
+    (`sweep_a/0` and `sweep_b/0`, not `0` twice)."""
+    if len(runs) == 1:
+        return [runs[0].path.name]
+    common = Path(os.path.commonpath([run.path for run in runs]))
+    return [run.path.relative_to(common).as_posix() for run in runs]
 
 
 def group_runs(runs: list[Run], keys: list[str]) -> dict[str, list[Run]]:

@@ -1,10 +1,12 @@
 """Performance profiles (Dolan & Moré 2002, as AlgoPerf scores training algorithms, arXiv:2306.07179).
 
-For each optimizer (the runs' group, seeds pooled) and each workload (model and data), the time to
-reach the workload's target is the median over seeds of the training seconds until the first
-evaluation that met `data.target` (summary.json's `target.train_time_s`); a seed that never met
-it counts as infinite. The performance ratio is that time over the fastest optimizer's time on the
-same workload, and the profile of an optimizer is
+An optimizer is its resolved config (class and every setting that reaches it): runs that differ
+in anything else (seed, run length, workload) are the same optimizer. For each optimizer and each
+workload (model and data), the time to reach the workload's target is the median over seeds of
+the training seconds until the first evaluation that met `data.target` (summary.json's
+`target.train_time_s`); a seed that never met it counts as infinite. The performance ratio is
+that time over the fastest optimizer's time on the same workload, and the profile of an
+optimizer is
 
     rho(tau) = share of the workloads on which its ratio is <= tau,
 
@@ -19,8 +21,9 @@ import json
 import math
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
-from optbench.finished_runs import Run
+from optbench.finished_runs import Run, shown
 
 # AlgoPerf integrates the profile up to 4 times the fastest time.
 TAU_MAX = 4.0
@@ -34,6 +37,52 @@ def workload(run: Run) -> str:
     name = f"{str(model.get('_target_', '?')).rsplit('.', 1)[-1]}/{str(data.get('_target_', '?')).rsplit('.', 1)[-1]}"
     details = json.dumps([{k: v for k, v in model.items() if k != "_target_"}, settings], sort_keys=True)
     return f"{name} {details}"
+
+
+def identity(run: Run) -> dict[str, Any]:
+    """What makes the run's optimizer the optimizer it is: its resolved config, less the keys that
+    never reach it (`_search`, the space `optbench compare` searches)."""
+    def settings(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: settings(v) for k, v in node.items() if k == "_target_" or not str(k).startswith("_")}
+        return node
+
+    return settings(run.config("optimizer", {}))
+
+
+def optimizer_groups(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs by optimizer identity, each named by its config option (`adamw`), with the settings
+    that tell it apart from other identities of that option (`adamw lr=0.01`). A run that wrote no
+    summary has no resolved config, and no time to target either: it is left out."""
+    by_identity: dict[str, list[Run]] = {}
+    for run in runs:
+        if identity(run):
+            by_identity.setdefault(json.dumps(identity(run), sort_keys=True), []).append(run)
+    names = {key: option_name(members[0]) for key, members in by_identity.items()}
+    groups = {}
+    for key, members in by_identity.items():
+        namesakes = [flat(json.loads(k)) for k in by_identity if names[k] == names[key]]
+        own = flat(json.loads(key))
+        differing = [f"{k}={shown(v)}" for k, v in own.items() if any(k not in other or other[k] != v for other in namesakes)]
+        groups[" ".join([names[key], *differing])] = members
+    return groups
+
+
+def option_name(run: Run) -> str:
+    """The optimizer's config option (`adamw`); its class name for a run that does not say."""
+    name = run.choices.get("optimizer") or run.overrides.get("optimizer")
+    return name or str(run.config("optimizer._target_", "?")).rsplit(".", 1)[-1]
+
+
+def flat(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value of every leaf of a nested dict."""
+    leaves: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            leaves.update(flat(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
 
 
 def time_to_target(run: Run) -> float:

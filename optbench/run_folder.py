@@ -24,6 +24,7 @@ PREVIOUS = "previous.pt"  # the checkpoint that the newest one replaced
 BEST = "best.pt"
 HYDRA = ".hydra"
 OVERRIDES = "overrides.yaml"
+HYDRA_SETTINGS = "hydra.yaml"  # Hydra's own config of the job: runtime.choices names each group's option
 
 
 class _Inside:
@@ -51,6 +52,7 @@ class RunFolder:
     previous_checkpoint = _Inside(CHECKPOINTS, PREVIOUS)
     best_checkpoint = _Inside(CHECKPOINTS, BEST)
     overrides = _Inside(HYDRA, OVERRIDES)
+    hydra_settings = _Inside(HYDRA, HYDRA_SETTINGS)
 
     def holds_run(self) -> bool:
         """Whether a run has written here (a summary, or checkpoints of an unfinished run)."""

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from optbench.cli import main
-from optbench.profiles import performance_profiles
-from optbench.commands.report import WORKLOAD_KEYS
-from optbench.finished_runs import find_runs, group_runs, varied_keys
+from optbench.profiles import optimizer_groups, performance_profiles
+from optbench.finished_runs import find_runs
 
 WORKLOADS = {  # name -> (model config, data config)
     "digits": ({"_target_": "optbench.models.MLP", "hidden": [256]}, {"_target_": "optbench.data.digits", "batch_size": 128}),
@@ -29,11 +28,13 @@ TIMES = {
 }
 
 
-def fake_run(folder: Path, optimizer: str, workload: str, seed: int, seconds: float | None) -> None:
+def fake_run(folder: Path, optimizer: str, workload: str, seed: int, seconds: float | None,
+             extra: tuple[str, ...] = (), lr: float = 0.1) -> None:
     """A run folder with the contract's files; only what the profile reads is chosen."""
     model, data = WORKLOADS[workload]
     (folder / ".hydra").mkdir(parents=True)
-    overrides = [f"optimizer={optimizer}", f"model.hidden={model['hidden']}", f"data={workload}", f"trainer.seed={seed}"]
+    overrides = [f"optimizer={optimizer}", f"model.hidden={model['hidden']}", f"data={workload}", *extra,
+                 f"trainer.seed={seed}"]
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- '{o}'\n" for o in overrides))
     (folder / "metrics.jsonl").write_text(json.dumps({"step": 1, "epoch": 0.1, "time": 0.1, "split": "train",
                                                       "loss": 1.0, "lr": 0.1}) + "\n")
@@ -42,6 +43,8 @@ def fake_run(folder: Path, optimizer: str, workload: str, seed: int, seconds: fl
         target.update(step=10, time_s=seconds + 0.5, train_time_s=seconds)
     summary = {"status": "completed", "steps": 10, "final": {"val/loss": 0.1}, "best": {"val/loss": 0.1},
                "target": target, "config": {"model": model, "data": data,
+                                            "optimizer": {"_target_": f"torch.optim.{optimizer}", "lr": lr,
+                                                          "_search": {"lr": {"low": 1e-3, "high": 1.0}}},
                                             "trainer": {"monitor": "loss", "monitor_mode": "min"}}}
     (folder / "summary.json").write_text(json.dumps(summary))
 
@@ -57,17 +60,14 @@ def sweep(tmp_path: Path) -> Path:
 
 
 def test_ratios_and_profiles_match_hand_computed_values(sweep: Path) -> None:
-    runs = find_runs([sweep])
-    keys = [k for k in varied_keys(runs) if k.split(".")[0] not in WORKLOAD_KEYS]
-    profiles = performance_profiles(group_runs(runs, keys))
+    profiles = performance_profiles(optimizer_groups(find_runs([sweep])))
     assert profiles is not None and len(profiles.workloads) == 3
     # Medians over seeds: digits sgd 11, adam 5; quadratic sgd 3, adam 6, lion inf (one seed
     # never reached: median of 12 and inf); quadratic_mlp sgd 8, adam 2, lion 3.
-    expected = {"optimizer=sgd": [11 / 5, 1.0, 4.0], "optimizer=adam": [1.0, 2.0, 1.0],
-                "optimizer=lion": [math.inf, math.inf, 1.5]}
+    expected = {"sgd": [11 / 5, 1.0, 4.0], "adam": [1.0, 2.0, 1.0], "lion": [math.inf, math.inf, 1.5]}
     for optimizer, ratios in expected.items():
         assert profiles.ratios[optimizer] == pytest.approx(ratios), optimizer
-    assert profiles.times["optimizer=sgd"] == pytest.approx([11.0, 3.0, 8.0])
+    assert profiles.times["sgd"] == pytest.approx([11.0, 3.0, 8.0])
     rho = {tau: [profiles.rho(o, tau) for o in expected] for tau in (1.0, 1.5, 2.2, 4.0, 100.0)}
     assert rho[1.0] == pytest.approx([1 / 3, 2 / 3, 0])
     assert rho[1.5] == pytest.approx([1 / 3, 2 / 3, 1 / 3])
@@ -86,7 +86,21 @@ def test_report_draws_the_profile_into_png_and_html(sweep: Path, tmp_path: Path,
     assert (out / "performance_profiles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
     assert "Performance profiles (time to target)" in page and "<h2>performance_profiles</h2>" in page
-    assert "11 (2.20)" in page and "not reached" in page  # sgd's time and ratio on the digits
+    assert "<td>sgd</td><td>11 (2.20)</td>" in page and "not reached" in page  # sgd's time and ratio on the digits
+
+
+def test_an_optimizer_is_its_resolved_config_whatever_else_its_runs_vary(tmp_path: Path) -> None:
+    """Two sweeps that differ in run length (one per workload) profile one sgd, not two sgds with
+    one workload each; two LRs of adam are two optimizers, named by what tells them apart."""
+    for seed in (0, 1):
+        fake_run(tmp_path / "long" / f"sgd{seed}", "sgd", "digits", seed, 10, extra=("trainer.max_steps=400",))
+        fake_run(tmp_path / "long" / f"adam{seed}", "adam", "digits", seed, 5, extra=("trainer.max_steps=400",))
+        fake_run(tmp_path / "short" / f"sgd{seed}", "sgd", "quadratic", seed, 3, extra=("trainer.max_steps=100",))
+        fake_run(tmp_path / "short" / f"adam{seed}", "adam", "quadratic", seed, 6,
+                 extra=("trainer.max_steps=100", "optimizer.lr=0.01"), lr=0.01)
+    profiles = performance_profiles(optimizer_groups(find_runs([tmp_path])))
+    assert profiles is not None
+    assert profiles.ratios == {"adam lr=0.1": [1.0, math.inf], "sgd": [2.0, 1.0], "adam lr=0.01": [math.inf, 2.0]}
 
 
 def test_one_workload_draws_no_profile(sweep: Path, tmp_path: Path) -> None:

@@ -18,20 +18,27 @@ from optbench.finished_runs import RankingMetric, find_runs, varied_keys
 ACC = RankingMetric("val/acc", maximize=True)
 
 
-def fake_run(folder: Path, overrides: list[str], best_acc: float, status: str = "completed", steps: int = 4) -> Path:
-    """A run folder as `optbench run` writes it (the contract's files), with chosen numbers."""
+def fake_run(folder: Path, overrides: list[str], best_acc: float, status: str = "completed", steps: int = 4,
+             config: dict | None = None, choices: dict | None = None) -> Path:
+    """A run folder as `optbench run` writes it (the contract's files), with chosen numbers; `config`
+    is the resolved config beside the monitor (its optimizer.lr the LR curve's peak), `choices`
+    Hydra's runtime.choices."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if choices:
+        (folder / ".hydra" / "hydra.yaml").write_text(json.dumps({"hydra": {"runtime": {"choices": choices}}}))
+    peak_lr = (config or {}).get("optimizer", {}).get("lr", 0.1)
     lines = []
     for step in range(1, steps + 1):
         lines.append({"step": step, "epoch": step / 10, "time": step * 0.1, "split": "train",
-                      "loss": 2.0 / step, "lr": 0.1, "grad_norm": 1.0 + step})
+                      "loss": 2.0 / step, "lr": peak_lr / step, "grad_norm": 1.0 + step})
         lines.append({"step": step, "epoch": step / 10, "time": step * 0.1, "split": "val",
                       "loss": 2.0 / step, "acc": best_acc * step / steps})
     (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     summary = {"status": status, "steps": steps, "samples_per_s": 100.0, "optimizer_state_bytes": 2**20,
                "final": {"train/loss": 0.5, "val/acc": best_acc}, "best": {"val/acc": best_acc},
-               "config": {"trainer": {"monitor": "acc", "monitor_mode": "max"}}}
+               "config": {**(config or {}), "trainer": {"monitor": "acc", "monitor_mode": "max",
+                                                         **(config or {}).get("trainer", {})}}}
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
@@ -59,8 +66,8 @@ def test_report_writes_table_csv_pngs_and_self_contained_html(tmp_path: Path, ca
     assert len(rows) == 9
     assert [r["status"] for r in rows].count("diverged") == 1
     assert {"optimizer", "optimizer.lr", "trainer.seed"} <= set(rows[0])
-    assert rows[2]["best val/acc"] == "0.8" and rows[2]["steps to target"] == "3"  # 0.8*3/4 >= 0.6
-    assert rows[0]["steps to target"] == ""  # 0.5 never reaches 0.6
+    assert rows[3]["best val/acc"] == "0.8" and rows[3]["steps to target"] == "3"  # 0.8*3/4 >= 0.6
+    assert rows[5]["best val/acc"] == "0.5" and rows[5]["steps to target"] == ""  # never reaches 0.6
     for name in ("curves.png", "lr_sensitivity.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -1,10 +1,12 @@
 """`optbench report PATH...`: finished runs side by side.
 
-Writes, into one folder: `report.csv` (one row a run), `curves.png` (train loss, validation
-metric, LR and gradient norm per group, mean and min-max band over seeds, and the weight norm
-where runs wrote diagnostics), `lr_sensitivity.png` (where `optimizer.lr` varies),
-`performance_profiles.png` (where runs of several workloads are present), and `report.html`,
-which holds the same tables and the PNGs inline so that it can be sent as one file.
+Writes, into one folder: `report.csv` (one row a run, best first), `curves.png` (train loss,
+validation metric, LR and gradient norm per group, mean and min-max band over seeds, and the
+weight norm where runs wrote diagnostics), `lr_sensitivity.png` (where an optimizer ran at two LRs
+or more), `performance_profiles.png` (where runs of several workloads are present), and
+`report.html`, which holds the same tables and the PNGs inline so that it can be sent as one file.
+Runs are compared by the values they ran with (an optimizer's default LR included), not by how
+their command lines spelled them.
 """
 
 from __future__ import annotations
@@ -15,23 +17,29 @@ import csv
 import html
 import math
 import statistics
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optbench.commands.common import reports_bad_input
-from optbench.profiles import TAU_MAX, Profiles, performance_profiles
-from optbench.finished_runs import LR_KEY, SEED_KEY, Run, RankingMetric, find_runs, group_runs, label, varied_keys
+from optbench.profiles import TAU_MAX, Profiles, optimizer_groups, performance_profiles
+from optbench.finished_runs import (LR_KEY, SEED_KEY, Run, RankingMetric, find_runs, group_runs, label, run_names,
+                                    shown, varied_keys)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # An LR counts as "as good as the best" when its metric is within this fraction of the best one.
 ROBUST_TOLERANCE = 0.05
 # Paired comparisons whose p-value is below this say which optimizer is better.
 SIGNIFICANCE = 0.05
+# Fewest seeds for a verdict: with two, the t-test estimates the spread from one degree of freedom,
+# and two nearly equal differences (common with accuracies on a small validation set) make any
+# difference look certain. Three is also what `optbench compare` runs by default.
+MIN_SEEDS = 3
 
 Table = tuple[list[str], list[list[Any]]]
-
-# Override keys that choose the workload rather than the optimizer (their first dotted part).
-WORKLOAD_KEYS = {"model", "data", "recipe", "smoke"}
 
 
 def parse_args(args: list[str]) -> argparse.Namespace:
@@ -63,33 +71,25 @@ def write_report(runs: list[Run], out: Path, target_value: float | None = None) 
     """Every output of the report for `runs` into `out`; the paths written."""
     from rich.console import Console
 
-    from optbench.commands.report_plots import draw_curves, draw_profiles, draw_sensitivity
-
     keys = varied_keys(runs)
     target = RankingMetric.of(runs)
     tables = {"Runs": run_table(runs, keys, target, target_value)}
     sensitivity = lr_sensitivity(runs, keys, target)
     if sensitivity:
         tables["LR sensitivity"] = sensitivity_table(sensitivity, target)
-    # With LR swept, each optimizer is compared at its own best LR: comparing every LR of one
-    # with every LR of another answers a question nobody asked.
-    compared = at_best_lr(runs, sensitivity, target) if sensitivity else runs
-    comparisons = paired_comparisons(compared, [k for k in keys if not sensitivity or k != LR_KEY], target)
+    # Each optimizer is compared at its own best LR: comparing every LR of one with every LR of
+    # another answers a question nobody asked.
+    others = [k for k in keys if k != LR_KEY]
+    comparisons = paired_comparisons(at_best_lr(runs, others, sensitivity, target), others, target)
     if comparisons[1]:
         tables["Paired comparisons over seeds"] = comparisons
-    # Optimizers are compared across workloads: keys that choose the workload do not split them.
-    solver_keys = [k for k in keys if k.split(".")[0] not in WORKLOAD_KEYS]
-    profiles = performance_profiles(group_runs(runs, solver_keys))
+    profiles = performance_profiles(optimizer_groups(runs))
     if profiles is not None:
         tables["Performance profiles (time to target)"] = profile_table(profiles)
 
     csv_path = out / "report.csv"
     write_csv(tables["Runs"], csv_path)
-    figures = {"curves.png": draw_curves(group_runs(runs, keys), target)}
-    if sensitivity:
-        figures["lr_sensitivity.png"] = draw_sensitivity(sensitivity, target)
-    if profiles is not None:
-        figures["performance_profiles.png"] = draw_profiles(profiles)
+    figures = draw_figures(runs, keys, target, sensitivity, profiles)
     for name, figure in figures.items():
         figure.savefig(out / name, dpi=120)
 
@@ -101,16 +101,36 @@ def write_report(runs: list[Run], out: Path, target_value: float | None = None) 
     return [csv_path, *(out / name for name in figures), html_path]
 
 
+def draw_figures(runs: list[Run], keys: list[str], target: RankingMetric, sensitivity: list[Sensitivity],
+                 profiles: Profiles | None) -> dict[str, Figure]:
+    """file name -> figure: the curves, and the LR sensitivity and performance profiles where there are some."""
+    from optbench.commands.report_plots import draw_curves, draw_profiles, draw_sensitivity
+
+    # One colour per group of the keys other than LR, in every figure: an optimizer's LRs share
+    # its colour in curves.png (told apart by line style) and match its line in lr_sensitivity.png.
+    others = [k for k in keys if k != LR_KEY]
+    palette = {name: f"C{i % 10}" for i, name in enumerate(group_runs(runs, others))}
+    curve_groups = group_runs(runs, keys)
+    colours = {name: palette[label(members[0], others)] for name, members in curve_groups.items()}
+    figures = {"curves.png": draw_curves(curve_groups, target, colours)}
+    if sensitivity:
+        figures["lr_sensitivity.png"] = draw_sensitivity(sensitivity, target, palette)
+    if profiles is not None:
+        figures["performance_profiles.png"] = draw_profiles(profiles)
+    return figures
+
+
 def run_table(runs: list[Run], keys: list[str], target: RankingMetric, target_value: float | None) -> Table:
-    """One row a run: status, the varied overrides, the target metric, speed and memory."""
+    """One row a run, best first by the ranking metric (runs without a value last): its name,
+    status, the varied settings, the target metric, speed and memory."""
     header = ["run", "status", *keys, "steps", f"final {target.name}", f"best {target.name}",
               "final train/loss", "wall time (s)", "samples/s", "optimizer state (MiB)", "peak memory (MiB)"]
     if target_value is not None:
         header += ["steps to target", "time to target (s)"]
     rows = []
-    for run in runs:
+    for run, name in ranked(runs, run_names(runs), target):
         s = run.summary
-        row = [run.path.name, run.status, *(run.overrides.get(k, "") for k in keys), s.get("steps", ""),
+        row = [name, run.status, *(shown(run.value(k)) for k in keys), s.get("steps", ""),
                _fmt(target.final(run)), _fmt(target.best(run)), _fmt(s.get("final", {}).get("train/loss")),
                _fmt(s.get("wall_time_s"), 2), _fmt(s.get("samples_per_s"), 1),
                _fmt(_mib(s.get("optimizer_state_bytes")), 3), _fmt(_mib((s.get("peak_memory") or {}).get("bytes")), 3)]
@@ -118,6 +138,15 @@ def run_table(runs: list[Run], keys: list[str], target: RankingMetric, target_va
             row += list(time_to_target(run, target, target_value))
         rows.append(row)
     return header, rows
+
+
+def ranked(runs: list[Run], names: list[str], target: RankingMetric) -> list[tuple[Run, str]]:
+    """(run, name) pairs, best first; runs without a value (failed, incomplete) last, in run order."""
+    def key(pair: tuple[Run, str]) -> tuple[bool, float]:
+        value = target.best(pair[0])
+        return math.isnan(value), -value if target.maximize else value
+
+    return sorted(zip(runs, names), key=key)
 
 
 def time_to_target(run: Run, target: RankingMetric, value: float) -> tuple[Any, Any]:
@@ -167,7 +196,8 @@ class Sensitivity:
 
 
 def lr_sensitivity(runs: list[Run], keys: list[str], target: RankingMetric) -> list[Sensitivity]:
-    """One curve per group of the other varied keys (typically per optimizer), when LR varies."""
+    """One curve per group of the other varied keys (typically per optimizer) that ran at two LRs
+    or more, each run at its resolved LR (the optimizer's default where the command gave none)."""
     if LR_KEY not in keys:
         return []
     others = [k for k in keys if k != LR_KEY]
@@ -175,7 +205,10 @@ def lr_sensitivity(runs: list[Run], keys: list[str], target: RankingMetric) -> l
     for group, members in group_runs(runs, others).items():
         by_lr: dict[float, list[float]] = {}
         for run in members:
-            by_lr.setdefault(float(run.overrides[LR_KEY]), []).append(target.best(run))
+            if run.value(LR_KEY) is not None:
+                by_lr.setdefault(float(run.value(LR_KEY)), []).append(target.best(run))
+        if len(by_lr) < 2:  # one LR measures no sensitivity: its "robustness" would read 0 decades
+            continue
         lrs = sorted(by_lr)
         # A diverged seed makes the LR a failure: a mean that hides it would flatter the LR.
         values = [math.nan if any(math.isnan(v) for v in by_lr[lr]) else statistics.fmean(by_lr[lr]) for lr in lrs]
@@ -183,11 +216,12 @@ def lr_sensitivity(runs: list[Run], keys: list[str], target: RankingMetric) -> l
     return result
 
 
-def at_best_lr(runs: list[Run], curves: list[Sensitivity], target: RankingMetric) -> list[Run]:
-    """The runs of each sensitivity group at that group's best LR."""
-    keys = [k for k in varied_keys(runs) if k not in (LR_KEY, SEED_KEY)]
+def at_best_lr(runs: list[Run], others: list[str], curves: list[Sensitivity], target: RankingMetric) -> list[Run]:
+    """The runs of each sensitivity group (a group of the keys `others`) at that group's best LR;
+    the runs of a group that ran at one LR only, all."""
     best = {curve.group: curve.best_lr(target.maximize) for curve in curves}
-    return [run for run in runs if float(run.overrides[LR_KEY]) == best[label(run, keys)]]
+    return [run for run in runs if label(run, others) not in best
+            or run.value(LR_KEY) is not None and float(run.value(LR_KEY)) == best[label(run, others)]]
 
 
 def sensitivity_table(curves: list[Sensitivity], target: RankingMetric) -> Table:
@@ -205,33 +239,44 @@ def sensitivity_table(curves: list[Sensitivity], target: RankingMetric) -> Table
 
 
 def paired_comparisons(runs: list[Run], keys: list[str], target: RankingMetric) -> Table:
-    """Every two groups compared on the seeds both ran (paired t-test of their best metric)."""
-    from scipy.stats import ttest_rel
-
+    """Every two groups compared on the seeds both ran (paired t-test of their best metric); a
+    verdict only from MIN_SEEDS seeds on, and the verdict column says why where there is none."""
     header = ["A", "B", "seeds", "mean A-B", "p-value", "verdict"]
     rows: list[list[Any]] = []
     if SEED_KEY not in keys:
         return header, rows
-    groups = {name: {r.overrides.get(SEED_KEY): target.best(r) for r in members}
+    groups = {name: {r.value(SEED_KEY): target.best(r) for r in members}
               for name, members in group_runs(runs, keys).items()}
     names = list(groups)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             seeds = [s for s in groups[a] if s in groups[b]
                      and not math.isnan(groups[a][s]) and not math.isnan(groups[b][s])]
-            if len(seeds) < 2:
-                continue
-            diffs = [groups[a][s] - groups[b][s] for s in seeds]
-            mean = statistics.fmean(diffs)
-            # Identical results on every seed give the t-test nothing to divide by.
-            p = 1.0 if all(d == diffs[0] for d in diffs) and mean == 0 else float(
-                ttest_rel([groups[a][s] for s in seeds], [groups[b][s] for s in seeds]).pvalue)
-            if math.isnan(p) or p >= SIGNIFICANCE:
-                verdict = "not distinguishable"
-            else:
-                verdict = f"{a if target.better(mean, 0.0) else b} better"
-            rows.append([a, b, len(seeds), _fmt(mean), _fmt(p, 3), verdict])
+            if seeds:
+                diffs = [groups[a][s] - groups[b][s] for s in seeds]
+                mean = statistics.fmean(diffs)
+                p, verdict = paired_verdict(diffs, a if target.better(mean, 0.0) else b)
+                rows.append([a, b, len(seeds), _fmt(mean), p, verdict])
     return header, rows
+
+
+def paired_verdict(diffs: list[float], ahead: str) -> tuple[str, str]:
+    """(p-value as shown, verdict) of a paired t-test on the per-seed differences A-B; `ahead` is
+    the group that the mean difference favours."""
+    from scipy.stats import ttest_1samp
+
+    if len(diffs) < MIN_SEEDS:
+        return "", f"no verdict: {len(diffs)} seed{'s' * (len(diffs) > 1)}, a verdict needs {MIN_SEEDS}"
+    # The same difference on every seed (to rounding) leaves the t-test no spread to divide by:
+    # scipy would answer p = 0 (or NaN) and warn of catastrophic cancellation.
+    if max(diffs) - min(diffs) <= 1e-9 * max(1.0, *map(abs, diffs)):
+        if abs(diffs[0]) <= 1e-9:
+            return "1", "not distinguishable"
+        return "", "no verdict: the same difference on every seed, so the t-test has no spread to judge"
+    with warnings.catch_warnings():  # the report prints tables, never a library's warnings
+        warnings.simplefilter("ignore")
+        p = float(ttest_1samp(diffs, 0.0).pvalue)  # the paired t-test is this test on the differences
+    return f"{p:.2g}", f"{ahead} better" if p < SIGNIFICANCE else "not distinguishable"
 
 
 def profile_table(profiles: Profiles) -> Table:

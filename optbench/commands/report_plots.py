@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import TYPE_CHECKING
+import textwrap
+from typing import TYPE_CHECKING, Any
 
 from collections.abc import Callable
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from optbench.commands.report import Sensitivity
 
 Series = Callable[[Run], dict[int, float]]  # a run's curve: step -> value
+LINE_STYLES = ["-", "--", ":", "-."]  # for groups that share a colour (one optimizer's LRs)
 
 
 def seed_band(runs: list[Run], curve: Series) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -31,19 +33,25 @@ def seed_band(runs: list[Run], curve: Series) -> tuple[list[int], list[float], l
     return (steps, [statistics.fmean(c) for c in columns], [min(c) for c in columns], [max(c) for c in columns])
 
 
-def draw_curves(groups: dict[str, list[Run]], target: RankingMetric) -> Figure:
-    """Train loss, validation metric, LR and gradient norm against step, one color a group, and
-    the total weight norm where the runs wrote diagnostics."""
+def draw_curves(groups: dict[str, list[Run]], target: RankingMetric, colours: dict[str, str] | None = None) -> Figure:
+    """Train loss, validation metric, LR and gradient norm against step, and the total weight norm
+    where the runs wrote diagnostics. A group's colour is `colours[group]` (one each by default);
+    groups of one colour differ in line style."""
     from matplotlib.figure import Figure
 
+    colours = colours or {group: f"C{i % 10}" for i, group in enumerate(groups)}
+    styles: dict[str, str] = {}
+    for group in groups:
+        styles[group] = LINE_STYLES[sum(colours[g] == colours[group] for g in styles) % len(LINE_STYLES)]
     metric = target.name.removeprefix("val/")
+    every_run = [run for runs in groups.values() for run in runs]
     panels: list[tuple[str, Series, bool]] = [
         ("train loss", lambda r: r.series("train", "loss"), True),
         (target.name, lambda r: r.series("val", metric), not target.maximize),  # a loss: log scale
-        ("learning rate", lambda r: r.series("train", "lr"), False),
+        ("learning rate", learning_rate, spans_decades(every_run, learning_rate)),
         ("gradient norm", lambda r: r.series("train", "grad_norm"), True),
     ]
-    if any(run.diagnostics for runs in groups.values() for run in runs):
+    if any(run.diagnostics for run in every_run):
         panels.append(("weight norm (all weights, diagnostics.jsonl)", Run.weight_norm, False))
     rows = math.ceil(len(panels) / 2)
     figure = Figure(figsize=(13, 4.5 * rows), layout="constrained")
@@ -51,33 +59,68 @@ def draw_curves(groups: dict[str, list[Run]], target: RankingMetric) -> Figure:
     for axis in axes[len(panels):]:
         axis.set_visible(False)
     for axis, (title, curve, log_scale) in zip(axes, panels):
-        for i, (group, runs) in enumerate(groups.items()):
-            steps, mean, low, high = seed_band(runs, curve)
+        bands = {group: seed_band(runs, curve) for group, runs in groups.items()}
+        widths = stacked_widths({group: band[:2] for group, band in bands.items()})
+        for group, (steps, mean, low, high) in bands.items():
             if not steps:
                 continue
-            color = f"C{i % 10}"
-            seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
-            axis.plot(steps, mean, color=color, label=f"{group}{seeds}", linewidth=1.8)
-            axis.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
+            seeds = f" ({len(groups[group])} seeds)" if len(groups[group]) > 1 else ""
+            axis.plot(steps, mean, color=colours[group], linestyle=styles[group], label=f"{group}{seeds}",
+                      linewidth=widths[group])
+            axis.fill_between(steps, low, high, color=colours[group], alpha=0.2, linewidth=0)
         axis.set_title(title)
         axis.set_xlabel("step")
         if log_scale and axis.has_data():
             axis.set_yscale("log", nonpositive="mask")
         axis.grid(True, alpha=0.3)
-    handles, labels = figure.axes[0].get_legend_handles_labels()
-    if handles:
-        figure.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
+    legend_below(figure, *figure.axes[0].get_legend_handles_labels())
     return figure
 
 
-def draw_sensitivity(curves: list[Sensitivity], target: RankingMetric) -> Figure:
-    """Best metric against LR per group, the LR range within 5% of the best shaded."""
+def learning_rate(run: Run) -> dict[int, float]:
+    return run.series("train", "lr")
+
+
+def stacked_widths(lines: dict[str, tuple[list[int], list[float]]]) -> dict[str, float]:
+    """A line width per group, for lines drawn in order: of lines that are equal (one schedule at
+    one LR gives every optimizer the same LR curve), each earlier one is wider than the next, so
+    the lines drawn on top of it leave its edges visible."""
+    later_equal = {group: sum(other == line for other in list(lines.values())[i + 1:])
+                   for i, (group, line) in enumerate(lines.items())}
+    return {group: 1.8 + 2.4 * count for group, count in later_equal.items()}
+
+
+def spans_decades(runs: list[Run], curve: Series) -> bool:
+    """Whether the runs' peak values differ tenfold or more: a linear axis would flatten the lower ones."""
+    peaks = [max(values) for values in (curve(run).values() for run in runs) if values]
+    return bool(peaks) and min(peaks) > 0 and max(peaks) >= 10 * min(peaks)
+
+
+def legend_below(figure: Figure, handles: list[Any], labels: list[str]) -> None:
+    """The figure's legend under its panels, in as many columns (3 at most) as fit its width, and
+    labels wrapped where one column is too wide: a wider legend is cut off on both sides."""
+    if not handles:
+        return
+    for ncols in range(min(3, len(labels)), 0, -1):
+        legend = figure.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="small")
+        width = legend.get_window_extent().width
+        if width <= 0.95 * figure.bbox.width:
+            return
+        legend.remove()
+    chars = int(max(map(len, labels)) * 0.9 * figure.bbox.width / width)
+    figure.legend(handles, [textwrap.fill(text, chars) for text in labels], loc="outside lower center",
+                  fontsize="small")
+
+
+def draw_sensitivity(curves: list[Sensitivity], target: RankingMetric, colours: dict[str, str] | None = None) -> Figure:
+    """Best metric against LR per group (coloured `colours[group]`, one each by default), the LR
+    range within 5% of the best shaded."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(9, 6), layout="constrained")
     axis = figure.subplots()
     for i, curve in enumerate(curves):
-        color = f"C{i % 10}"
+        color = colours[curve.group] if colours else f"C{i % 10}"
         axis.plot(curve.lrs, curve.values, "o-", color=color, label=curve.group)
         failed = [lr for lr, v in zip(curve.lrs, curve.values) if math.isnan(v)]
         if failed:  # diverged LRs: marked on the axis instead of silently missing
@@ -90,7 +133,7 @@ def draw_sensitivity(curves: list[Sensitivity], target: RankingMetric) -> Figure
     axis.set_ylabel(f"best {target.name} (mean over seeds)")
     axis.set_title("LR sensitivity (shaded: within 5% of the best; x: diverged)")
     axis.grid(True, alpha=0.3)
-    axis.legend(fontsize="small")
+    legend_below(figure, *axis.get_legend_handles_labels())
     return figure
 
 
@@ -114,5 +157,5 @@ def draw_profiles(profiles: Profiles) -> Figure:
     axis.set_ylabel("share of workloads within tau")
     axis.set_title(f"Performance profiles over {len(profiles.workloads)} workloads (score: area to tau={TAU_MAX:g})")
     axis.grid(True, alpha=0.3)
-    axis.legend(fontsize="small", loc="lower right")
+    legend_below(figure, *axis.get_legend_handles_labels())
     return figure
