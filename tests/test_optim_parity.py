@@ -11,6 +11,7 @@ import torch
 
 from optbench.optim import Lamb, Lars, Lion, Lookahead, SophiaG
 from optim_helpers import clone_params, make_params, reference, run_side_by_side
+from test_optim_generic import ROSENBROCK_START_DISTANCE, cyclic_rosenbrock
 
 TOL = 1e-10
 
@@ -38,14 +39,46 @@ def test_lamb_matches_timm(weight_decay, foreach):
     assert run_side_by_side(ours, ours_p, ref, ref_p) <= TOL
 
 
+def _no_decay_for_the_bias(params: list[torch.Tensor]) -> list[dict]:
+    """A matrix and a filter in the default group, the bias in one without decay (as params=no_decay)."""
+    return [{"params": [params[0], params[2]]}, {"params": [params[1]], "weight_decay": 0.0}]
+
+
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
-def test_lars_matches_timm(weight_decay, foreach):
+@pytest.mark.parametrize("always_adapt", [False, True])
+def test_lars_matches_timm(always_adapt, weight_decay, foreach):
+    """Both behaviours: the trust ratio only in groups with decay (the default), or everywhere."""
     Ref = reference("timm.optim", "Lars")
     ours_p, ref_p = make_params(), make_params()
-    ours = Lars(ours_p, lr=0.5, momentum=0.9, weight_decay=weight_decay, trust_coefficient=0.01, fused=False)
-    ref = Ref(ref_p, lr=0.5, momentum=0.9, weight_decay=weight_decay, trust_coeff=0.01, eps=1e-8,
-              always_adapt=True, foreach=foreach)
+    ours = Lars(_no_decay_for_the_bias(ours_p), lr=0.5, momentum=0.9, weight_decay=weight_decay,
+                trust_coefficient=0.01, always_adapt=always_adapt, fused=False)
+    ref = Ref(_no_decay_for_the_bias(ref_p), lr=0.5, momentum=0.9, weight_decay=weight_decay, trust_coeff=0.01,
+              eps=1e-8, always_adapt=always_adapt, foreach=foreach)
+    assert run_side_by_side(ours, ours_p, ref, ref_p) <= TOL
+
+
+@pytest.mark.parametrize("always_adapt, expected", [(False, 0.4388), (True, 0.7071)])
+def test_lars_on_cyclic_rosenbrock_ends_where_timms_does(always_adapt, expected):
+    """lr 1e-3 and timm's defaults (momentum 0, no decay): the default takes SGD steps and ends 0.44 from
+    the minimum; adapting the 2-vector too, its steps are about γη‖w‖ = 2e-6 long and it ends no
+    closer than the 0.7071 it started at."""
+    Ref = reference("timm.optim", "Lars")
+    ours = cyclic_rosenbrock(lambda params: Lars(params, lr=1e-3, momentum=0.0, always_adapt=always_adapt,
+                                                 fused=False))
+    ref = cyclic_rosenbrock(lambda params: Ref(params, lr=1e-3, always_adapt=always_adapt))
+    assert ours == pytest.approx(ref, abs=TOL) and ours == pytest.approx(expected, abs=1e-4)
+    assert (ours < ROSENBROCK_START_DISTANCE) == (not always_adapt)
+
+
+def test_lars_state_saved_before_always_adapt_resumes_adapting_every_tensor():
+    Ref = reference("timm.optim", "Lars")
+    ours_p, ref_p = make_params(), make_params()
+    ours = Lars(ours_p, lr=0.5, momentum=0.9, trust_coefficient=0.01, fused=False)
+    saved = ours.state_dict()
+    del saved["param_groups"][0]["always_adapt"]
+    ours.load_state_dict(saved)
+    ref = Ref(ref_p, lr=0.5, momentum=0.9, trust_coeff=0.01, eps=1e-8, always_adapt=True)
     assert run_side_by_side(ours, ours_p, ref, ref_p) <= TOL
 
 

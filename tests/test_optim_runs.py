@@ -65,7 +65,9 @@ def lamb_first_ratio(w: Tensor, g: Tensor, group: Group) -> Tensor:
 
 
 def lars_first_ratio(w: Tensor, g: Tensor, group: Group) -> Tensor:
-    """η‖w‖/(‖g‖ + β‖w‖ + ε), You et al.'s local LR."""
+    """η‖w‖/(‖g‖ + β‖w‖ + ε), You et al.'s local LR; 1 in a group that LARS leaves unadapted (no decay)."""
+    if group["weight_decay"] == 0 and not group["always_adapt"]:
+        return torch.tensor(1.0)
     return group["trust_coefficient"] * w.norm() / (g.norm() + group["weight_decay"] * w.norm() + group["eps"])
 
 

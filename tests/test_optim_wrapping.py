@@ -79,12 +79,17 @@ def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(16, 6, generator=gen), torch.randint(0, 4, (16,), generator=gen)
 
 
-def _build(case: tuple[str, str | None, str | None], model: nn.Module) -> torch.optim.Optimizer:
+def case_node(case: tuple[str, str | None, str | None], lr: float | None = None, toy: bool = False) -> DictConfig:
+    """The config of the wrapper with its inner optimizer; `lr` and `toy` as in `optimizer_node`."""
     wrapper, slot, inner = case
-    node = optimizer_node(wrapper)
+    node = optimizer_node(wrapper, lr, toy)
     if slot is not None:
-        node[slot] = optimizer_node(inner)
-    return optimizer_from(node, list(model.parameters()))
+        node[slot] = optimizer_node(inner, lr, toy)
+    return node
+
+
+def _build(case: tuple[str, str | None, str | None], model: nn.Module) -> torch.optim.Optimizer:
+    return optimizer_from(case_node(case), list(model.parameters()))
 
 
 def _train(optimizer: torch.optim.Optimizer, model: nn.Module, steps: range) -> None:

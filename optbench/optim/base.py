@@ -157,3 +157,17 @@ class TrustRatioOptimizer(FusableOptimizer):
             return None
         self._trust_ratios_requested = False
         return self._trust_ratios
+
+
+class WrapsOptimizers(torch.optim.Optimizer):
+    """An optimizer that steps others (`optbench.optim.wrapping.Wrapper`), kept in `inner`.
+
+    torch's `Optimizer.__getstate__` keeps only `defaults`, `state` and `param_groups`, so a
+    deepcopy or an unpickled copy would lose the optimizers inside and fail at its first step.
+    Kept here, they come back within the same copy as this optimizer, sharing its groups and state.
+    """
+
+    inner: Any
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "inner": self.inner}

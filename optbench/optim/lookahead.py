@@ -12,10 +12,11 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from optbench.optim.base import WrapsOptimizers
 from optbench.schema import PositiveInt, UnitInterval
 
 
-class Lookahead(Optimizer):
+class Lookahead(WrapsOptimizers):
     """Wraps `inner`: every `k` steps, slow ← slow + α(fast − slow), then fast ← slow.
 
     The wrapper shares the inner optimizer's parameter groups (a scheduler's LR reaches it) and
@@ -31,8 +32,10 @@ class Lookahead(Optimizer):
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"Invalid alpha value: {alpha}")
         self.inner = inner
-        # add_param_group keeps the group dicts themselves; the lookahead keys join them.
-        super().__init__(inner.param_groups, dict(k=k, alpha=alpha, lookahead_step=0))
+        # add_param_group keeps the group dicts themselves; the lookahead keys join them, prefixed (as
+        # timm's are): an inner option of the same name (RMSprop's and bitsandbytes' `alpha`) would
+        # otherwise keep its value and stand in for the lookahead's.
+        super().__init__(inner.param_groups, dict(lookahead_k=k, lookahead_alpha=alpha, lookahead_step=0))
         self.state = inner.state
 
     def wrapped_optimizers(self) -> list[Optimizer]:
@@ -41,15 +44,18 @@ class Lookahead(Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         # The slow weights start at θ0: copied before the inner optimizer's first step of each
-        # parameter (after it, so that the inner one still sees an empty state to initialise).
+        # parameter (kept after it, so that the inner one still sees an empty state to initialise).
+        # A closure computes the gradients inside the inner step: then which parameters it steps is
+        # known only afterwards, so each one not yet started is copied and kept if it got a gradient.
         fresh = [(p, p.clone()) for g in self.param_groups for p in g["params"]
-                 if p.grad is not None and "slow_param" not in self.state[p]]
+                 if (p.grad is not None or closure is not None) and "slow_param" not in self.state[p]]
         loss = self.inner.step(closure)
         for p, slow in fresh:
-            self.state[p]["slow_param"] = slow
+            if p.grad is not None:
+                self.state[p]["slow_param"] = slow
         for group in self.param_groups:
             group["lookahead_step"] += 1
-            if group["lookahead_step"] % group["k"] == 0:
+            if group["lookahead_step"] % group["lookahead_k"] == 0:
                 self._step_back(group)
         return loss
 
@@ -58,7 +64,7 @@ class Lookahead(Optimizer):
         if not pairs:
             return
         fast, slow = [p for p, _ in pairs], [s for _, s in pairs]
-        torch._foreach_lerp_(slow, fast, group["alpha"])  # slow ← slow + α(fast − slow)
+        torch._foreach_lerp_(slow, fast, group["lookahead_alpha"])  # slow ← slow + α(fast − slow)
         torch._foreach_copy_(fast, slow)  # fast ← slow
 
     def state_dict(self) -> dict[str, Any]:
@@ -69,3 +75,6 @@ class Lookahead(Optimizer):
         # Loading replaced the inner optimizer's groups and state: share the new ones again.
         self.param_groups = self.inner.param_groups
         self.state = self.inner.state
+        for group in self.param_groups:  # saved before the keys were prefixed: this Lookahead's k and α
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)

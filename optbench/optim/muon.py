@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from optbench.optim.base import evaluate_closure
+from optbench.optim.base import WrapsOptimizers, evaluate_closure
 from optbench.schema import Fraction, NonNegativeFloat, PositiveInt
 
 
@@ -67,7 +67,7 @@ class StateView(Mapping[Tensor, dict[str, Any]]):
         return sum(len(opt.state) for opt in self._optimizers)
 
 
-class MuonWithAdamW(Optimizer):
+class MuonWithAdamW(WrapsOptimizers):
     """torch.optim.Muon (`lr`, `momentum`, ...) on hidden matrices; torch.optim.AdamW (`adamw_*`) on the rest.
 
     Both inner optimizers' parameter groups are this optimizer's groups (so one scheduler scales

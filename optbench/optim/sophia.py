@@ -58,16 +58,18 @@ class SophiaG(FusableOptimizer):
             raise ValueError(f"Invalid rho value: {rho}")
         if not hessian_interval >= 1:
             raise ValueError(f"Invalid hessian_interval value: {hessian_interval}")
-        defaults = dict(lr=lr, betas=tuple(betas), rho=rho, weight_decay=weight_decay, eps=eps, fused=fused)
+        # hessian_interval is the optimizer's, not a group's (one refresh covers every group), but it is
+        # kept in `defaults`: torch's __getstate__ drops plain attributes from a deepcopy or a pickle.
+        defaults = dict(lr=lr, betas=tuple(betas), rho=rho, weight_decay=weight_decay, eps=eps,
+                        hessian_interval=hessian_interval, fused=fused)
         super().__init__(params, defaults)
-        self.hessian_interval = hessian_interval
 
     def _state(self, p: Tensor) -> dict[str, Tensor]:
         return self.zero_state(p, "exp_avg", "hessian")
 
     def wants_hessian(self, step: int) -> bool:
         """Whether the Hessian estimate is due after optimizer step number `step` (counted from 1)."""
-        return step % self.hessian_interval == 0
+        return step % self.defaults["hessian_interval"] == 0
 
     @torch.no_grad()
     def update_hessian(self, model: nn.Module, inputs: Tensor) -> None:
