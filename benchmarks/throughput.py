@@ -74,15 +74,22 @@ def samples(trainer: Trainer, steps: int) -> int:
     return sum(len(y) for _, y in batches(trainer, steps))
 
 
+def finished(device: torch.device) -> float:
+    """The clock once the device has done all the work queued (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def plain(trainer: Trainer, steps: int) -> float:
     """Samples/s of a plain PyTorch loop on a copy of the trainer's model."""
     model = copy.deepcopy(trainer.model).train()
     if isinstance(trainer, GANTrainer):
         g_opt, g_sched = optimizer_like(trainer, trainer.cfg.gan.g, model.generator, trainer.scheduler)
         d_opt, d_sched = optimizer_like(trainer, trainer.cfg.gan.d, model.discriminator, trainer.d_update.scheduler)
-        start = time.perf_counter()
+        start = finished(trainer.device)
         for real, _ in batches(trainer, steps):
-            ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
+            ones, zeros = torch.ones(len(real), 1, device=real.device), torch.zeros(len(real), 1, device=real.device)
             fake = model.sample(len(real))
             d_loss = (F.binary_cross_entropy_with_logits(model.discriminator(real), ones)
                       + F.binary_cross_entropy_with_logits(model.discriminator(fake.detach()), zeros))
@@ -95,10 +102,10 @@ def plain(trainer: Trainer, steps: int) -> float:
             g_opt.step()
             g_sched.step()
             d_sched.step()
-        return samples(trainer, steps) / (time.perf_counter() - start)
+        return samples(trainer, steps) / (finished(trainer.device) - start)
     optimizer, scheduler = optimizer_like(trainer, trainer.cfg.optimizer, model, trainer.scheduler)
     clip = trainer.tc.clip_norm
-    start = time.perf_counter()
+    start = finished(trainer.device)
     for batch in batches(trainer, steps):
         loss = trainer.task.training_loss(model, batch)
         loss.backward()
@@ -107,7 +114,7 @@ def plain(trainer: Trainer, steps: int) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-    return samples(trainer, steps) / (time.perf_counter() - start)
+    return samples(trainer, steps) / (finished(trainer.device) - start)
 
 
 def main() -> None:
