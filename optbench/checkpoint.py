@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,24 @@ def find_resume(resume: str | None, folder: RunFolder) -> tuple[Path, dict[str, 
     if "sharded" in state:  # named relative to the checkpoint, so that a run folder can move
         state["sharded"] = str(path.parent / state["sharded"])
     return path, state
+
+
+def resume_into(load: Callable[[dict[str, Any]], None], resume: str | None, folder: RunFolder,
+                cfg: DictConfig) -> Path | None:
+    """Give `load` the state of the checkpoint that `trainer.resume` names; its path (None: none).
+    A state that does not fit is bad input: the message names what differs in the configs."""
+    found = find_resume(resume, folder)
+    if found is None:
+        return None
+    path, state = found
+    try:
+        load(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(
+            f"trainer.resume={path}: the checkpoint does not fit this configuration"
+            f"{config_differences(state.get('config', {}), cfg)} ({' '.join(str(e).split())[:200]})."
+        ) from None
+    return path
 
 
 def sharded_folders(path: Path) -> list[str]:

@@ -332,19 +332,9 @@ class Trainer:
 
     def _maybe_resume(self) -> Path | None:
         """Load the checkpoint that `trainer.resume` names; the path resumed from, if any."""
-        found = checkpoint.find_resume(self.tc.resume, self.folder)
-        if found is None:
-            return None
-        path, state = found
-        try:
-            self.load_state_dict(state)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ConfigError(
-                f"trainer.resume={path}: the checkpoint does not fit this configuration"
-                f"{checkpoint.config_differences(state.get('config', {}), self.cfg)} "
-                f"({' '.join(str(e).split())[:200]})."
-            ) from None
-        log.info("resumed from %s at step %d", path, self.step)
+        path = checkpoint.resume_into(self.load_state_dict, self.tc.resume, self.folder, self.cfg)
+        if path is not None:
+            log.info("resumed from %s at step %d", path, self.step)
         return path
 
     def summary(self, status: str) -> dict[str, Any]:
