@@ -134,6 +134,15 @@ def nested_components(node: DictConfig, key: str) -> list[tuple[str, DictConfig]
             for found in [(f"{key}.{name}", inner), *nested_components(inner, f"{key}.{name}")]]
 
 
+def estimates_hessian(node: DictConfig) -> bool:
+    """Whether the optimizer that `node` configures refreshes a Hessian estimate from the model's
+    class logits (SophiaG's `update_hessian`)."""
+    try:
+        return hasattr(locate(str(node._target_)), "update_hessian")
+    except Exception:  # a bad _target_ is reported by the component check
+        return False
+
+
 def lr_holder(node: DictConfig) -> DictConfig:
     """The optimizer config that holds the LR: `node` itself, or the optimizer it wraps (Lookahead)."""
     if "lr" in node:

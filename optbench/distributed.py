@@ -127,13 +127,9 @@ def problems(cfg: DictConfig) -> list[str]:
 
 def _needs_hessian(node: DictConfig) -> bool:
     """Whether the optimizer, or one that it wraps, refreshes a Hessian estimate from the model (SophiaG)."""
-    from optbench.build import locate, nested_components
+    from optbench.build import estimates_hessian, nested_components
 
-    try:
-        return any(hasattr(locate(str(n._target_)), "update_hessian")
-                   for _, n in [("optimizer", node), *nested_components(node, "optimizer")])
-    except Exception:  # a bad _target_ is reported by the component check
-        return False
+    return any(estimates_hessian(n) for _, n in [("optimizer", node), *nested_components(node, "optimizer")])
 
 
 def launch(devices: int, args: list[str]) -> int:

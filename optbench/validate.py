@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from optbench import distributed, lr_scaling
-from optbench.build import LR_SCALING_KEYS, accepted, arguments, inner_components, locate, nested_components
+from optbench.build import (LR_SCALING_KEYS, accepted, arguments, estimates_hessian, inner_components, locate,
+                            nested_components)
 from optbench.errors import ConfigError
 from optbench.schema import TrainerConfig, check_value
 
@@ -109,7 +110,7 @@ def check_gan(cfg: DictConfig) -> list[str]:
         nodes = [(f"gan.{net}", cfg.gan[net]), *nested_components(cfg.gan[net], f"gan.{net}")]
         problems += [f"{key}._target_={node._target_}: it estimates a Hessian from class logits, which "
                      f"a GAN ({model}) does not have; choose another optimizer with optimizer@gan.{net}=NAME."
-                     for key, node in nodes if _estimates_hessian(node)]
+                     for key, node in nodes if estimates_hessian(node)]
     overrides = cfg.get("hydra", {}).get("overrides", {}).get("task", []) or []
     for override in map(str, overrides):
         key = override.lstrip("+~").split("=", 1)[0]
@@ -143,13 +144,6 @@ def check_memory_format(cfg: DictConfig) -> list[str]:
         return [f"trainer.channels_last=true: model._target_={cfg.model._target_} reads {' or '.join(reads)}, "
                 f"not images; channels-last is a memory format for image convolutions (set it to false)."]
     return []
-
-
-def _estimates_hessian(node: DictConfig) -> bool:
-    try:
-        return hasattr(locate(str(node._target_)), "update_hessian")
-    except Exception:  # an import problem is reported by the component check
-        return False
 
 
 def _fmt(value: Any) -> str:

@@ -125,6 +125,10 @@ def test_fsdp2_trains_like_ddp_resumes_exactly_from_sharded_checkpoints(worker):
     (TORCHRUN_ENV, ["trainer.strategy=none"], "trainer.strategy=none: 3 processes (torchrun's WORLD_SIZE)"),
     (TORCHRUN_ENV, ["trainer.strategy=fsdp", "data.batch_size=126", "trainer.ema.decay=0.9"], "trainer.ema.decay"),
     (TORCHRUN_ENV, ["-m", "optimizer=sgd,adamw", "data.batch_size=126"], "-m under torchrun: a sweep's jobs"),
+    # A Hessian estimated from one rank's batch, also inside a wrapper.
+    (TORCHRUN_ENV, ["optimizer=sophia", "data.batch_size=126"], "its Hessian estimate comes from one process's batch"),
+    (TORCHRUN_ENV, ["optimizer=lookahead", "optimizer@optimizer.inner=sophia", "data.batch_size=126"],
+     "its Hessian estimate comes from one process's batch"),
     ({}, ["optimizer.lr_scaling=cubic"], "optimizer.lr_scaling='cubic': must be one of 'linear', 'sqrt' or null"),
     ({}, ["optimizer.reference_batch=0"], "optimizer.reference_batch=0: must be an integer >= 1"),
 ])
