@@ -45,10 +45,15 @@ def leaves(optimizer: Optimizer) -> list[Optimizer]:
     return [opt for opt in _with_inner(optimizer) if not isinstance(opt, Wrapper)]
 
 
+def hessian_estimators(optimizer: Optimizer) -> list[EstimatesHessian]:
+    """The optimizers inside `optimizer` (or itself) that keep a Hessian estimate."""
+    return [leaf for leaf in leaves(optimizer) if isinstance(leaf, EstimatesHessian)]
+
+
 def refresh_hessian(optimizer: Optimizer, step: int, model: nn.Module, inputs: Tensor) -> None:
     """After optimizer step number `step`: refresh the Hessian of every leaf whose refresh is due."""
-    for leaf in leaves(optimizer):
-        if isinstance(leaf, EstimatesHessian) and leaf.wants_hessian(step):
+    for leaf in hessian_estimators(optimizer):
+        if leaf.wants_hessian(step):
             leaf.update_hessian(model, inputs)
 
 
