@@ -102,13 +102,13 @@ class UpdateStep:
 
     def describe(self) -> dict[str, Any]:
         """What this update applies, read from the objects that apply it (summary.json `applied`)."""
-        cast = self.autocast()
+        dtype = AUTOCAST_DTYPES.get(self.tc.precision)  # what `autocast()` casts to
         clipping = {"norm": self.tc.clip_norm, "value": self.tc.clip_value, "agc": self.tc.clip_agc}
         return {
             "optimizer": type(self.optimizer).__name__,
             "optimizers_inside": [type(o).__name__ for o in leaves(self.optimizer) if o is not self.optimizer],
             "parameters": sum(p.numel() for p in self._params()),
-            "autocast": str(cast.fast_dtype).removeprefix("torch.") if isinstance(cast, torch.autocast) else None,
+            "autocast": str(dtype).removeprefix("torch.") if dtype is not None else None,
             "loss_scaling": self.scaler.is_enabled(),
             "clipping": {k: v for k, v in clipping.items() if v is not None},
             "nonfinite": self.tc.nonfinite,
