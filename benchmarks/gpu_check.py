@@ -59,7 +59,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from optbench import checkpoint
-from optbench.build import accepted, build_optimizer, locate, nested_components
+from optbench.build import accepted, build_optimizer, nested_components
 from optbench.commands import bench
 from optbench.config import compose, job_config
 from optbench.lr_scaling import scaled_optimizer
@@ -67,6 +67,7 @@ from optbench.memory import CUDA_MEASURE
 from optbench.paths import configs_dir
 from optbench.run_folder import RunFolder, write_json_atomic
 from optbench.sweep import read_index
+from optbench.targets import resolve
 from optbench.trainer import Trainer
 from throughput import WORKLOADS, batches, build, plain
 
@@ -196,11 +197,11 @@ def optimizer_jobs(steps: int) -> tuple[list[Job], dict[str, str]]:
                 f"trainer.eval_every={steps}"]
         target = str(compose(base).optimizer._target_)
         try:
-            locate(target)
+            resolve(target, "optimizer")
         except ImportError as e:
             skipped[f"optimizer {name}"] = f"skipped ({target.split('.')[0]} not installed: {e})"
             continue
-        if target.startswith("optbench.") and "fused" in (accepted(locate(target)) or set()):
+        if target.startswith("optbench.") and "fused" in (accepted(resolve(target, "optimizer")) or set()):
             jobs += [Job(f"optimizer {name} plain", [*base, "+optimizer.fused=false"]),
                      Job(f"optimizer {name} fused", [*base, "+optimizer.fused=true"])]
         else:
@@ -265,7 +266,7 @@ def finished_run(run: Path | None, steps: int) -> tuple[dict[str, Any], str]:
 def plain_path(node: DictConfig) -> None:
     """Set `fused=False` in the optimizer and every optimizer inside it that takes the argument."""
     for sub in [node, *(inner for _, inner in nested_components(node, "optimizer"))]:
-        if "fused" in (accepted(locate(str(sub._target_))) or set()):
+        if "fused" in (accepted(resolve(str(sub._target_), "optimizer")) or set()):
             with open_dict(sub):
                 sub.fused = False
 

@@ -1,15 +1,15 @@
 """Building the run's components from their config nodes (`_target_` plus arguments).
 
-Every group works the same way: `_target_` names any importable callable and the other keys are
-its keyword arguments. Keys starting with `_` are optbench's own settings, not arguments, and so
-are the optimizer's `LR_SCALING_KEYS`.
+Every group works the same way: `_target_` names a callable of the group's kind, resolved under
+optbench's `_target_` policy (`optbench.targets.resolve`), and the other keys are its keyword
+arguments. Keys starting with `_` are optbench's own settings, not arguments, and so are the
+optimizer's `LR_SCALING_KEYS`.
 Context that a component needs from the run (the data's shape, the model's parameters, the number
-of optimizer steps) is passed in by name when its signature asks for it.
+of optimizer steps) is passed in by name when its signature names it.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from typing import TYPE_CHECKING, Any
@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optbench.errors import ConfigError
 from optbench.schema import TrainerConfig
+from optbench.targets import resolve
 
 if TYPE_CHECKING:
     import torch
@@ -31,30 +32,6 @@ if TYPE_CHECKING:
 LR_SCALING_KEYS = ("lr_scaling", "reference_batch")
 
 
-def locate(target: str) -> Any:
-    """The object that a dotted `_target_` path names (`package.module.Class`).
-
-    Raises ImportError naming the part of the path that does not exist.
-    """
-    parts = target.split(".")
-    for i in range(len(parts), 0, -1):
-        module_name = ".".join(parts[:i])
-        try:
-            obj = importlib.import_module(module_name)
-            break
-        except ModuleNotFoundError as e:
-            # A module that exists but fails to import one of its own dependencies must say so.
-            if e.name is None or not module_name.startswith(e.name):
-                raise
-    else:
-        raise ImportError(f"no module named {parts[0]!r}")
-    for depth, attr in enumerate(parts[i:], start=i):
-        if not hasattr(obj, attr):
-            raise ImportError(f"{'.'.join(parts[:depth])} has no attribute {attr!r}")
-        obj = getattr(obj, attr)
-    return obj
-
-
 def arguments(node: DictConfig) -> dict[str, Any]:
     """The keyword arguments of a component: its config minus `_target_` and `_private` keys."""
     values = OmegaConf.to_container(node, resolve=True)
@@ -62,34 +39,41 @@ def arguments(node: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in values.items() if not str(k).startswith("_")}
 
 
+def named(obj: Any) -> set[str]:
+    """The argument names that a callable's signature names (not its *args or **kwargs)."""
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return {p.name for p in inspect.signature(obj).parameters.values() if p.kind not in variadic}
+
+
 def accepted(obj: Any) -> set[str] | None:
     """Names a callable accepts by keyword; None when it takes **kwargs."""
     params = inspect.signature(obj).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    return {p.name for p in params}
+    return named(obj)
 
 
-def default_argument(target: str, name: str) -> Any:
-    """The default value of argument `name` of what `target` names; None when it has none."""
-    param = inspect.signature(locate(target)).parameters.get(name)
+def default_argument(target: str, name: str, key: str) -> Any:
+    """The default value of argument `name` of what `target` names for the component at config key
+    `key` (`optbench.targets.resolve`); None when it has none."""
+    param = inspect.signature(resolve(target, key)).parameters.get(name)
     return None if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 def call_with_context(obj: Any, kwargs: dict[str, Any], context: dict[str, Any]) -> Any:
-    """Call `obj(**kwargs)`, adding each context value that its signature asks for by name."""
-    names = accepted(obj)
-    extra = {k: v for k, v in context.items() if k not in kwargs and (names is None or k in names)}
+    """Call `obj(**kwargs)`, adding each context value that its signature names. A callable that
+    only takes **kwargs gets none: `timm.create_model` hands them on to the model, which fails."""
+    extra = {k: v for k, v in context.items() if k not in kwargs and k in named(obj)}
     return obj(**kwargs, **extra)
 
 
 def build_data(node: DictConfig) -> InMemoryData:
-    return call_with_context(locate(node._target_), arguments(node), {})
+    return call_with_context(resolve(node._target_, "data"), arguments(node), {})
 
 
 # What each kind of input is, and models that read it, for the message of a mismatch.
 INPUTS = {
-    "images": ("images (C, H, W)", "model=resnet, tv_resnet, vit, tv_vit, mlp or dcgan"),
+    "images": ("images (C, H, W)", "model=resnet, tv_resnet, vit, tv_vit, timm, torchvision, mlp or dcgan"),
     "vectors": ("vectors", "model=mlp or gan_ring"),
     "tokens": ("token sequences", "model=rnn or bert"),
 }
@@ -98,7 +82,7 @@ INPUTS = {
 def build_model(node: DictConfig, data: InMemoryData) -> torch.nn.Module:
     """The model, given what it asks for about the data; a model declares the inputs it reads
     (`inputs`) so that a mismatch is a clear error, not a shape error deep in `forward`."""
-    target = locate(node._target_)
+    target = resolve(node._target_, "model")
     spec = data.spec
     reads = getattr(target, "inputs", None)
     if reads is not None and spec.inputs not in reads:
@@ -115,7 +99,7 @@ def build_model(node: DictConfig, data: InMemoryData) -> torch.nn.Module:
 
 def build_param_groups(node: DictConfig, model: torch.nn.Module, lr: float | None) -> list[dict[str, Any]]:
     """The `params` preset's groups, each with `lr` = optimizer LR x the group's `lr_scale`."""
-    groups = call_with_context(locate(node._target_), arguments(node), {}).groups(model)
+    groups = call_with_context(resolve(node._target_, "params"), arguments(node), {}).groups(model)
     for group in groups:
         del group["param_names"]
         if lr is not None:
@@ -138,7 +122,7 @@ def estimates_hessian(node: DictConfig) -> bool:
     """Whether the optimizer that `node` configures refreshes a Hessian estimate from the model's
     class logits (SophiaG's `update_hessian`)."""
     try:
-        return hasattr(locate(str(node._target_)), "update_hessian")
+        return hasattr(resolve(str(node._target_), "optimizer"), "update_hessian")
     except Exception:  # a bad _target_ is reported by the component check
         return False
 
@@ -159,7 +143,7 @@ def base_lr(node: DictConfig) -> float | None:
     holder = lr_holder(node)
     if "lr" in holder:
         return holder.lr
-    default = default_argument(holder._target_, "lr")
+    default = default_argument(holder._target_, "lr", "optimizer")
     return float(default) if isinstance(default, (int, float)) else None  # not torch's `required` marker
 
 
@@ -176,14 +160,14 @@ def optimizer_from(node: DictConfig, params: Any) -> torch.optim.Optimizer:
     kwargs = {k: v for k, v in arguments(node).items() if k not in LR_SCALING_KEYS}  # optbench's, not the class's
     for key, inner in inner_components(node).items():
         kwargs[key] = optimizer_from(inner, params)
-    return call_with_context(locate(node._target_), kwargs, {"params": params})
+    return call_with_context(resolve(node._target_, "optimizer"), kwargs, {"params": params})
 
 
 def is_schedule(node: DictConfig) -> bool:
     """Whether the scheduler config names one of optbench's schedules (an LR multiplier)."""
     from optbench.schedules import Schedule
 
-    target = locate(node._target_)
+    target = resolve(node._target_, "scheduler")
     return inspect.isclass(target) and issubclass(target, Schedule)
 
 
@@ -193,7 +177,7 @@ def build_schedule(
     """optbench's LR multiplier (no torch needed); `base_lr` turns floors given as LRs into ratios."""
     context = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "base_lr": base_lr}
     context = {k: v for k, v in context.items() if v is not None}  # unknown: leave the default
-    return call_with_context(locate(node._target_), arguments(node), context)
+    return call_with_context(resolve(node._target_, "scheduler"), arguments(node), context)
 
 
 def build_scheduler(
@@ -215,7 +199,8 @@ def build_scheduler(
         return ScheduledLR(optimizer, schedule)
     context = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     context = {k: v for k, v in context.items() if v is not None}
-    return call_with_context(locate(node._target_), {"optimizer": optimizer, **arguments(node)}, context)
+    return call_with_context(resolve(node._target_, "scheduler"), {"optimizer": optimizer, **arguments(node)},
+                             context)
 
 
 def stand_in_scheduler(

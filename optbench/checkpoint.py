@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from optbench.errors import ConfigError
-from optbench.run_folder import LAST, PREVIOUS, RunFolder
+from optbench.run_folder import LAST, PREVIOUS, RunFolder, temporary_beside
 
 log = logging.getLogger("optbench")
 
@@ -28,17 +30,22 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     ever damaged after it was written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if path.exists():
-        keep = path.with_name(".previous.pt.tmp")
-        keep.unlink(missing_ok=True)
-        os.link(path, keep)  # a second name for the old checkpoint, then an atomic rename
-        os.replace(keep, path.with_name(PREVIOUS))
-    os.replace(tmp, path)
+    with temporary_beside(path) as tmp:  # a failed write (a full disk) leaves no .last.pt.tmp
+        with open(tmp, "wb") as f:
+            try:
+                torch.save(state, f)
+            except RuntimeError as e:  # torch's zip writer turns a failed write into this, the OSError its context
+                if isinstance(e.__context__, OSError):
+                    raise e.__context__ from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            with temporary_beside(path.with_name(PREVIOUS)) as keep:
+                keep.unlink(missing_ok=True)
+                os.link(path, keep)  # a second name for the old checkpoint, then an atomic rename
+                os.replace(keep, path.with_name(PREVIOUS))
+        os.replace(tmp, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # make the renames themselves durable
@@ -49,17 +56,50 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
 def load(path: Path, key: str = "trainer.resume") -> dict[str, Any]:
     """Load a checkpoint without running any code from it (`weights_only=True`)."""
     if not path.is_file():
-        raise ConfigError(f"{key}={path}: no such checkpoint file.")
+        what = "a folder, not a checkpoint file" if path.is_dir() else "no such checkpoint file"
+        raise ConfigError(f"{key}={path}: {what} (checkpoints are RUN_DIR/checkpoints/last.pt).")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol: the error below says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, foreign or tampered files raise many types.
-        reason = " ".join(str(e).split())[:300]
-        if "weights_only" in reason or "Unsupported global" in reason:
-            reason = "it holds pickled code or objects, which optbench never loads"
-        raise ConfigError(f"{key}={path}: not a readable optbench checkpoint ({reason}).") from None
+        raise ConfigError(f"{key}={path}: not a readable optbench checkpoint: {unreadable(path, e)}.") from None
     if not isinstance(state, dict) or "model" not in state or "progress" not in state:
         raise ConfigError(f"{key}={path}: not an optbench checkpoint (no model or progress in it).")
     return state
+
+
+def unreadable(path: Path, error: Exception) -> str:
+    """What is wrong with a file that torch.load refused, from the file itself: torch's own
+    messages (`101`, an empty one, `pop from empty list`) name its parser's state, not the file's."""
+    text = " ".join(str(error).split())
+    if "Unsupported global" in text or "GLOBAL" in text:
+        return "it holds pickled code or objects, which optbench never loads"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return f"it cannot be read ({e.strerror})"
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    try:
+        archive = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # an archive, with a damaged index
+        archive = True
+    if not archive:
+        if head == b"PK\x03\x04":
+            return (f"the file is truncated ({size:,} bytes): the end of its zip archive (what torch.save writes) "
+                    f"is missing")
+        return f"not a file that torch.save writes (a zip archive); it starts with {head!r}"
+    try:
+        bad_member = zipfile.ZipFile(path).testzip()
+    except Exception as e:  # zipfile fails on a damaged archive in its own ways (EOFError, BadZipFile, zlib.error)
+        reason = " ".join(str(e).split())[:100]
+        return f"the file is damaged: its zip archive cannot be read ({type(e).__name__}: {reason})"
+    if bad_member is not None:
+        return f"the file is damaged: {bad_member} inside it fails its checksum"
+    return f"the file is a damaged or foreign archive ({text[:200]})"
 
 
 def newest_complete(folder: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -134,6 +174,43 @@ def config_differences(saved: dict[str, Any], cfg: DictConfig) -> str:
             if old.get(key) != new.get(key):
                 changed.append(f"{group}.{key} ({old.get(key)} -> {new.get(key)})")
     return f": it differs in {', '.join(changed[:6])}" if changed else ""
+
+
+def optimizer_differences(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
+    """`optimizer._target_ (torch.optim.AdamW -> torch.optim.SGD)` for each optimizer class that a
+    checkpoint's run used and this run would not. torch loads any optimizer's state into any other
+    with as many parameter groups, so another class's state would be taken as this one's."""
+    groups = ("optimizer", "gan")
+    current = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in groups if cfg.get(g) is not None}
+    old, new = _targets(saved, groups), _targets(current, groups)
+    return [f"{key} ({old.get(key)} -> {new.get(key)})" for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)]
+
+
+def refuse_other_optimizer(path: Path | str, saved: dict[str, Any], cfg: DictConfig) -> None:
+    """A resume whose checkpoint holds another optimizer's state is bad input, named before a run."""
+    differences = optimizer_differences(saved, cfg)
+    if differences:
+        raise ConfigError(
+            f"trainer.resume={path}: the checkpoint holds the state of other optimizers than this run's: "
+            f"{', '.join(differences)}. Resume with the checkpoint's optimizer, or start afresh without "
+            f"trainer.resume.")
+
+
+def _targets(config: Any, groups: tuple[str, ...], prefix: str = "") -> dict[str, str]:
+    """Every `_target_` under `groups` of a plain config, by its dotted key."""
+    if not isinstance(config, dict):
+        return {}
+    found: dict[str, str] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if prefix == "" and key not in groups:
+            continue
+        if key == "_target_":
+            found[dotted] = str(value)
+        else:
+            found.update(_targets(value, groups, dotted + "."))
+    return found
 
 
 def rng_state() -> dict[str, Any]:

@@ -4,6 +4,7 @@ imported here, so that `--help` and `list` answer at once; each subcommand impor
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -42,6 +43,7 @@ COMMANDS = {
     "check": "validate a configuration without running it",
     "bench": "optimizer step time and state memory, side by side",
     "list": "what can be chosen (models, data, optimizers, ...); `list param-groups` per parameter",
+    "completion": "shell completion: `source <(optbench completion bash)` (or zsh, fish)",
 }
 
 
@@ -71,23 +73,34 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "lr-find": _lazy("lr_find"),
     "toy": _lazy("toy"),
     "compare": _lazy("compare"),
+    "completion": _lazy("completion", "print_script"),
+    "__complete": _lazy("completion", "query"),  # what the completion scripts run at each TAB
 }
 
 
 @reports_bad_input
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = dispatch(args)
+        sys.stdout.flush()  # here, not at exit: a reader that has gone raises inside this try
+        return code
+    except BrokenPipeError:  # `optbench list | head -1`: the reader has gone, so stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 1
+
+
+def dispatch(args: list[str]) -> int:
+    """Run the command that `args` name; its exit status."""
     if not args or args[0] in ("-h", "--help", "help"):
-        print(_usage(), flush=True)
+        print(_usage())
         return 0
     if args[0] in ("-V", "--version"):
         print(f"optbench {__version__}")
         return 0
     command, rest = args[0], args[1:]
-    if command not in COMMANDS:
-        raise ConfigError(f"unknown command {command!r}. Commands: {', '.join(COMMANDS)}.")
-    try:
-        return HANDLERS[command](rest)
-    except BrokenPipeError:  # `optbench list | head`: the reader has gone, so stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
-        return 1
+    if command not in HANDLERS:
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown command {command!r}.{hint} Commands: {', '.join(COMMANDS)}.")
+    return HANDLERS[command](rest)

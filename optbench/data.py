@@ -7,14 +7,18 @@ CIFAR trainers avoid DataLoader workers; it also makes the data order a pure fun
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from typing import Literal, Optional
 
 import torch
 
+from optbench.errors import ConfigError
 from optbench.schema import PositiveInt, UnitInterval
 from optbench.tasks import Batch, Classification, Task, declares_task
 
@@ -142,6 +146,26 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
     return [(t - mean) / std for t in (train, *others)]
 
 
+def bundled_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits: images (1797, 1, 8, 8), float32 pixel values 0..16, and int64 labels.
+
+    Read from the file that `sklearn.datasets.load_digits` reads (the same values, in the same
+    order), without importing scikit-learn: that import (scipy with it) took more than a second,
+    most of what the default run spent beyond importing torch.
+    """
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    folders = spec.submodule_search_locations if spec is not None else None
+    path = Path(folders[0], "datasets", "data", "digits.csv.gz") if folders else None
+    if path is None or not path.is_file():
+        raise ConfigError("data=digits: scikit-learn's digits file (sklearn/datasets/data/digits.csv.gz) is not "
+                          "installed; install scikit-learn (pip install scikit-learn), which bundles it.")
+    with gzip.open(path, "rt") as f:
+        rows = torch.from_numpy(np.loadtxt(f, delimiter=","))
+    return rows[:, :-1].float().reshape(-1, 1, 8, 8), rows[:, -1].long()
+
+
 @declares_task(Classification)
 def digits(batch_size: PositiveInt = 128, val_fraction: UnitInterval = 0.2, split_seed: int = 0,
            target: Optional[str] = "acc >= 0.97") -> InMemoryData:
@@ -150,11 +174,7 @@ def digits(batch_size: PositiveInt = 128, val_fraction: UnitInterval = 0.2, spli
     No download: the data ship inside scikit-learn. The held-out split (20% by default, the
     same for every run unless `split_seed` changes) is the validation/test set.
     """
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
-    x = torch.tensor(raw.images, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8)
-    y = torch.tensor(raw.target, dtype=torch.long)
+    x, y = bundled_digits()
     train, val = split(len(y), val_fraction, split_seed)
     x_train, x_val = standardize(x[train], x[val])
     return InMemoryData(x_train, y[train], x_val, y[val], 10, batch_size, task=Classification(target))
@@ -163,7 +183,7 @@ def digits(batch_size: PositiveInt = 128, val_fraction: UnitInterval = 0.2, spli
 @declares_task(Classification)
 def synthetic(
     batch_size: PositiveInt = 128,
-    input_shape: tuple[int, ...] = (3, 32, 32),
+    input_shape: tuple[PositiveInt, ...] = (3, 32, 32),
     num_classes: PositiveInt = 10,
     train_size: PositiveInt = 2048,
     val_size: PositiveInt = 512,

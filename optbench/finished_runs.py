@@ -10,18 +10,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from optbench.errors import ConfigError
-from optbench.run_folder import HYDRA, OVERRIDES, RunFolder
+from optbench.run_folder import HYDRA, OVERRIDES, DamagedFile, RunFolder, read_json_lines
 from optbench.schema import TrainerConfig
 
 SEED_KEY = "trainer.seed"
 LR_KEY = "optimizer.lr"
 # Settings that change what a run shows or stores, never what it computes: they tell no runs apart.
-NOT_COMPARED = {"trainer.progress", "trainer.tensorboard", "trainer.checkpoint_every", "trainer.resume"}
+NOT_COMPARED = {"trainer.progress", "trainer.tensorboard", "trainer.checkpoint_every", "trainer.resume",
+                "trainer.mlflow", "trainer.mlflow_tracking_uri"}
 
 
 @dataclass
@@ -79,8 +81,10 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
     """key -> value of the overrides that made this run (`optimizer=sgd` has key `optimizer`)."""
     from omegaconf import OmegaConf
 
-    lines = OmegaConf.to_container(OmegaConf.load(RunFolder(run_dir).overrides))
-    assert isinstance(lines, list)
+    path = RunFolder(run_dir).overrides
+    lines = OmegaConf.to_container(_load_yaml(path))
+    if not isinstance(lines, list):
+        raise DamagedFile(f"{path}: damaged, not Hydra's list of overrides.")
     pairs = (str(line).lstrip("+~").split("=", 1) for line in lines)
     return {pair[0]: pair[1] if len(pair) > 1 else "" for pair in pairs}
 
@@ -105,18 +109,34 @@ def read_choices(run_dir: Path) -> dict[str, str]:
     path = RunFolder(run_dir).hydra_settings
     if not path.exists():
         return {}
-    choices = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.choices", default={})
+    choices = OmegaConf.select(_load_yaml(path), "hydra.runtime.choices", default={})
     return {str(k): str(v) for k, v in choices.items() if v is not None and not str(k).startswith("hydra/")}
 
 
+def _load_yaml(path: Path) -> Any:
+    """One of Hydra's YAML files of a run; DamagedFile when it cannot be read."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(path)
+    except Exception as e:  # YAML's and OmegaConf's errors: the file was cut short or overwritten
+        raise DamagedFile(f"{path}: damaged, not readable YAML ({' '.join(str(e).split())[:120]}).") from None
+
+
 def load_run(run_dir: Path) -> Run:
+    """The run in `run_dir`; DamagedFile when one of its files cannot be read back."""
     folder = RunFolder(run_dir)
     return Run(run_dir, read_overrides(run_dir), folder.read_summary(), _json_lines(folder.metrics),
                _json_lines(folder.diagnostics), read_choices(run_dir))
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """The records of a JSON-lines file; a last line cut short (a killed run, a full disk, a run
+    still writing it) is left out with a warning."""
+    records, partial = read_json_lines(path)
+    if partial is not None:
+        print(f"optbench: warning: {path}: its last line is cut short, left out: {partial[:60]!r}", file=sys.stderr)
+    return records
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -131,7 +151,15 @@ def find_runs(paths: list[Path]) -> list[Run]:
         where = ", ".join(str(p) for p in paths)
         raise ConfigError(f"{where}: no runs found (a run folder holds .hydra/overrides.yaml, "
                           f"as `optbench run` writes).")
-    return [load_run(path) for path in sorted(found, key=_natural)]
+    runs = []
+    for path in sorted(found, key=_natural):
+        try:
+            runs.append(load_run(path))
+        except DamagedFile as e:  # one damaged run costs the report nothing else
+            print(f"optbench: warning: {e.problems[0]} The run {path} is left out.", file=sys.stderr)
+    if not runs:
+        raise ConfigError(f"{', '.join(str(p) for p in paths)}: no readable runs (see the warnings above).")
+    return runs
 
 
 def _natural(path: Path) -> list[Any]:

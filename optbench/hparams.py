@@ -1,25 +1,37 @@
-"""TensorBoard's HParams view: each run's hyperparameters against its final and best metrics.
+"""TensorBoard's HParams view: each run's hyperparameters, status, final and best metrics.
 
-A finished run (completed or diverged) adds to its `tb/` folder the hparams plugin's three
-records (the experiment's columns, this session's values, its end) and one scalar per metric
-(`final/<name>`, `best/<name>`), so that `tensorboard --logdir <sweep folder>` shows every job
-of a sweep as one row of the HParams table.
+Every run writes its session into its TensorBoard folder when it starts (status `running`) and
+again when it ends (`completed`, `diverged`, `failed` or `interrupted`, with `final/<name>` and
+`best/<name>` scalars), so that `tensorboard --logdir` shows every run, finished or not, as one
+row of the HParams table. The session lives in a file of its own (`SESSION_FILE`), rewritten
+whole at the end: TensorBoard keeps the first record of a tag it reads in a run, so a second
+record appended to the same run would never be seen.
+
+No experiment record is written: TensorBoard then makes the table's columns from the union of
+the hyperparameters of all the runs under `--logdir` (a single run and a sweep keep all theirs),
+where one run's experiment record would have fixed them for all.
+
+A run's TensorBoard folder is `tb/<name>`, its name the overrides that make it what it is (for a
+sweep's job, those the sweep varies), so that TensorBoard lists `3/tb/optimizer.lr=0.01`.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from optbench.commands.common import override_key, task_overrides
-from optbench.run_folder import RunFolder
+from optbench.finished_runs import NOT_COMPARED
+from optbench.run_folder import temporary_beside
 
 # Always shown: what an optimizer study compares first (when the config has them).
 STANDARD = ("optimizer.lr", "optimizer.weight_decay", "data.batch_size")
-LOGGED_STATUSES = ("completed", "diverged")  # a failed or interrupted run has no final metrics yet
 
 
 def hparam_values(cfg: DictConfig, overrides: list[str], optimizer_name: str | None) -> dict[str, Any]:
@@ -54,37 +66,95 @@ def metric_values(summary: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def log_hparams(run_dir: Path, hparams: dict[str, Any], summary: dict[str, Any]) -> bool:
-    """Write the HParams records of a finished run into `run_dir/tb`; whether anything was written."""
-    if summary.get("status") not in LOGGED_STATUSES:
-        return False
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams as hparams_summaries
-
-    metrics = metric_values(summary)
-    experiment, session_start, session_end = hparams_summaries(hparams, metrics)
-    step = int(summary.get("steps", 0))
-    with SummaryWriter(str(run_dir / "tb")) as writer:
-        for record in (experiment, session_start, session_end):
-            writer.file_writer.add_summary(record)
-        # The HParams table reads each metric column from the run's scalar of that name.
-        for name, value in metrics.items():
-            writer.add_scalar(name, value, step)
-    return True
+# The session sorts after the scalars' event files (named by their start time), so that a
+# TensorBoard watching the folder reads it last; 'tfevents' in the name makes it an event file.
+SESSION_FILE = "events.out.tfevents.9999999999.session"
+# optbench's statuses -> the HParams plugin's (its status filter; the `status` column says which):
+# a diverged run did not succeed; an interrupted one has no end yet (it resumes), and the plugin
+# has no status for a run that is stopped but unfinished.
+TB_STATUS = {"running": "STATUS_RUNNING", "completed": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE",
+             "failed": "STATUS_FAILURE", "interrupted": "STATUS_UNKNOWN"}
+NAME_LIMIT = 200  # characters of a run's folder name (file systems allow 255 bytes)
 
 
-def log_job_hparams(cfg: DictConfig, constant: set[str]) -> None:
-    """`log_hparams` for the Hydra job running now: its overrides of keys other than `constant`
-    (the keys a sweep does not vary) are its hyperparameters. Rank 0 alone writes, under torchrun."""
-    from optbench.distributed import world
+@dataclass(frozen=True)
+class RunIdentity:
+    """What TensorBoard and MLflow call a run (`name`) and the hyperparameters it is shown with."""
 
-    if not cfg.trainer.tensorboard or not world().is_main:
-        return
+    name: str
+    hparams: dict[str, Any]
+
+
+def job_identity(cfg: DictConfig) -> RunIdentity:
+    """The identity of the Hydra job running now: its overrides, less Hydra's own, those that only
+    change what a run shows or stores (`trainer.resume`, ...), and, in a sweep, the keys that the
+    sweep gives one value. Outside a Hydra job (a Trainer built in Python): `run`, the standard keys."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    if not HydraConfig.initialized():
+        return RunIdentity("run", hparam_values(cfg, [], None))
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(str(hydra_cfg.runtime.output_dir))
     overrides = [o for o in task_overrides([str(o) for o in hydra_cfg.overrides.task])
-                 if override_key(o) not in constant]
-    values = hparam_values(cfg, overrides, hydra_cfg.runtime.choices.get("optimizer"))
-    log_hparams(run_dir, values, RunFolder(run_dir).read_summary())
+                 if override_key(o) not in NOT_COMPARED]
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        from optbench.sweep import constant_keys, read_index
+
+        constant = constant_keys(read_index(Path(str(hydra_cfg.sweep.dir))).get("overrides", []))
+        overrides = [o for o in overrides if override_key(o) not in constant]
+    return RunIdentity(run_name(overrides), hparam_values(cfg, overrides, hydra_cfg.runtime.choices.get("optimizer")))
+
+
+def run_name(overrides: list[str]) -> str:
+    """`key=value,key=value` of the overrides (`defaults` for none), usable as a folder name."""
+    name = ",".join(o.lstrip("+~") for o in overrides).replace(os.sep, "_") or "defaults"
+    return name if len(name) <= NAME_LIMIT else name[:NAME_LIMIT - 3] + "..."
+
+
+class HParamsSession:
+    """A run's row in the HParams table: written at the start, rewritten at the end."""
+
+    def __init__(self, tb_dir: Path, hparams: dict[str, Any]):
+        self.path, self.hparams = tb_dir / SESSION_FILE, hparams
+        self.started = time.time()
+        self.write("running", {}, step=0)
+
+    def write(self, status: str, metrics: dict[str, float], step: int) -> None:
+        """The session with `status` and the `final/`, `best/` scalars, atomically."""
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        now = time.time()
+        events = [Event(wall_time=now, file_version="brain.Event:2"),
+                  Event(wall_time=now, step=step, summary=self._session_summary(status, now))]
+        events += [Event(wall_time=now, step=step, summary=Summary(value=[Summary.Value(tag=name, simple_value=value)]))
+                   for name, value in metrics.items()]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with temporary_beside(self.path) as tmp:
+            with tmp.open("wb") as f:
+                writer = RecordWriter(f)
+                for event in events:
+                    writer.write(event.SerializeToString())
+            os.replace(tmp, self.path)
+
+    def _session_summary(self, status: str, now: float) -> Any:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+        start = plugin_data_pb2.SessionStartInfo(start_time_secs=self.started)
+        for key, value in {**self.hparams, "status": status}.items():
+            if isinstance(value, bool):
+                start.hparams[key].bool_value = value
+            elif isinstance(value, (int, float)):
+                start.hparams[key].number_value = value
+            else:
+                start.hparams[key].string_value = str(value)
+        values = [Summary.Value(tag=metadata.SESSION_START_INFO_TAG, metadata=metadata.create_summary_metadata(
+            plugin_data_pb2.HParamsPluginData(session_start_info=start)))]
+        # Running too: the plugin's status filter has a box for it.
+        end = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(TB_STATUS[status]),
+                                             end_time_secs=0 if status == "running" else now)
+        values.append(Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=metadata.create_summary_metadata(
+            plugin_data_pb2.HParamsPluginData(session_end_info=end))))
+        return Summary(value=values)

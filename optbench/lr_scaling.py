@@ -80,7 +80,7 @@ def scaled_lr(node: DictConfig, effective_batch: int) -> ScaledLR:
 def planned_batch(cfg: DictConfig) -> int:
     """The effective batch of a run of `cfg`, from the config alone: data.batch_size (the global
     batch; the data set's default where unset) x trainer.accumulation_steps."""
-    batch = cfg.data.get("batch_size") or default_argument(cfg.data._target_, "batch_size")
+    batch = cfg.data.get("batch_size") or default_argument(cfg.data._target_, "batch_size", "data")
     return batch * cfg.trainer.accumulation_steps
 
 

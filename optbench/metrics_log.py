@@ -1,12 +1,19 @@
-"""What a run writes besides checkpoints: metrics.jsonl, TensorBoard scalars and summary.json."""
+"""What a run writes besides checkpoints: metrics.jsonl, TensorBoard scalars (and HParams session),
+MLflow metrics when asked, and summary.json."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from optbench.run_folder import RunFolder, json_safe
+from optbench.hparams import HParamsSession, RunIdentity, metric_values
+from optbench.mlflow_log import MlflowRun
+from optbench.run_folder import RunFolder, json_safe, read_json_lines, temporary_beside, writing
+
+log = logging.getLogger("optbench")
 
 # metrics.jsonl names of train metrics -> their TensorBoard tags (others go to <split>/<name>).
 TRAIN_TAGS = {
@@ -20,20 +27,23 @@ GROUP_METRICS = ("lr", "momentum")
 
 
 class MetricsLog:
-    """Appends metric lines to `metrics.jsonl` and mirrors them as TensorBoard scalars.
+    """Appends metric lines to `metrics.jsonl` and mirrors them as TensorBoard scalars in
+    `tb/<identity.name>` (and as MLflow metrics of the same names, given an `mlflow` run).
 
     `first_group` is the name of the first parameter group: its LR (and cycled momentum) is
     logged as `lr` (`momentum`) in metrics.jsonl (the contract) and as `lr/<name>`
     (`momentum/<name>`) in TensorBoard, like every other group's.
     """
 
-    def __init__(self, folder: RunFolder, first_group: str, tensorboard: bool, resume_step: int | None = None,
-                 active: bool = True):
+    def __init__(self, folder: RunFolder, first_group: str, tensorboard: bool, identity: RunIdentity,
+                 resume_step: int | None = None, active: bool = True, mlflow: MlflowRun | None = None):
         self.first_group = first_group
         self.path = folder.metrics
         self.diagnostics_path = folder.diagnostics
         self.active = active  # false on the ranks other than 0: they write nothing
         self._writer = None
+        self._session: HParamsSession | None = None
+        self.mlflow = mlflow
         if not active:
             return
         if resume_step is not None:
@@ -44,30 +54,36 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(folder.tensorboard), purge_step=resume_step)
+            tb_dir = folder.tensorboard / identity.name
+            self._writer = SummaryWriter(str(tb_dir), purge_step=resume_step)
+            self._session = HParamsSession(tb_dir, identity.hparams)
 
     def write(self, split: str, step: int, epoch: float, time: float, metrics: dict[str, float]) -> None:
         if not self.active:
             return
         line = {"step": step, "epoch": round(epoch, 6), "time": round(time, 4), "split": split, **metrics}
-        self._file.write(json.dumps(json_safe(line)) + "\n")
-        self._file.flush()
-        if self._writer is None:
-            return
-        for name, value in metrics.items():
-            self._writer.add_scalar(self._tag(split, name), value, step)
+        with writing(self.path):
+            self._file.write(json.dumps(json_safe(line)) + "\n")
+            self._file.flush()
+        self._scalars({self._tag(split, name): value for name, value in metrics.items()}, step)
 
     def write_diagnostics(self, step: int, record: dict[str, dict[str, float]]) -> None:
         """One line of diagnostics.jsonl; TensorBoard tags `diag/<kind>/<name>`."""
         if not self.active:
             return
-        self._diagnostics_file.write(json.dumps(json_safe({"step": step, **record})) + "\n")
-        self._diagnostics_file.flush()
-        if self._writer is None:
-            return
-        for kind, values in record.items():
-            for name, value in values.items():
-                self._writer.add_scalar(f"diag/{kind}/{name}", value, step)
+        with writing(self.diagnostics_path):
+            self._diagnostics_file.write(json.dumps(json_safe({"step": step, **record})) + "\n")
+            self._diagnostics_file.flush()
+        self._scalars({f"diag/{kind}/{name}": value for kind, values in record.items()
+                       for name, value in values.items()}, step)
+
+    def _scalars(self, scalars: dict[str, float], step: int) -> None:
+        """The same scalars to every tracker: TensorBoard, and MLflow when the run logs there."""
+        if self._writer is not None:
+            for tag, value in scalars.items():
+                self._writer.add_scalar(tag, value, step)
+        if self.mlflow is not None:
+            self.mlflow.log_metrics(scalars, step)
 
     def _tag(self, split: str, name: str) -> str:
         if split != "train":
@@ -78,21 +94,33 @@ class MetricsLog:
             return name
         return TRAIN_TAGS.get(name, f"train/{name}")
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any]) -> None:
+        """End the run's records with its `summary` (its status, steps, final and best metrics)."""
         if not self.active:
             return
         self._file.close()
         self._diagnostics_file.close()
+        status, step, metrics = summary["status"], int(summary.get("steps", 0)), metric_values(summary)
         if self._writer is not None:
             self._writer.close()
+        if self._session is not None:
+            self._session.write(status, metrics, step)
+        if self.mlflow is not None:
+            self.mlflow.end(status, metrics, step)
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """Drop lines that an interrupted run wrote after the checkpoint it resumes from."""
+    """Drop lines that an interrupted run wrote after the checkpoint it resumes from, and a last
+    line that a crash or a full disk cut short (the log says so). Rewritten atomically: a failure
+    here leaves the file as it was."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-    path.write_text("".join(f"{line}\n" for line in kept))
+    records, partial = read_json_lines(path)
+    if partial is not None:
+        log.warning("%s: dropped its last line, cut short by an earlier crash or full disk: %r", path, partial[:80])
+    with temporary_beside(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= step))
+        os.replace(tmp, path)
 
 
 def per_group(name: str, values: list[float], groups: list[dict[str, Any]]) -> dict[str, float]:

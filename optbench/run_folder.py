@@ -2,7 +2,8 @@
 
 Every module that reads or writes a run's files goes through `RunFolder`, so a name is spelled
 once (see the run-folder table in CONTRACT.md and the README). Whole-file writes (the summary,
-checkpoints) are atomic: a temporary file, flushed to disk, then renamed over the old one.
+checkpoints) are atomic: a temporary file, flushed to disk, then renamed over the old one; a write
+that fails (a full disk) removes its temporary file and leaves the old file as it was.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from optbench.errors import ConfigError
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -25,6 +30,8 @@ BEST = "best.pt"
 HYDRA = ".hydra"
 OVERRIDES = "overrides.yaml"
 HYDRA_SETTINGS = "hydra.yaml"  # Hydra's own config of the job: runtime.choices names each group's option
+LOCK = ".optbench.lock"  # held by the one process that writes the folder (optbench.folder_lock)
+FINISHED = ("completed", "diverged")  # a run with a final result: its folder is never written again
 
 
 class _Inside:
@@ -66,20 +73,89 @@ class RunFolder:
         """summary.json, or {} when the run has not written one (killed, or still running)."""
         return read_json(self.summary)
 
+    def finished(self) -> str | None:
+        """The final status (completed, diverged) of the run here; None while it has none. A
+        summary.json cut short (by an older optbench on a full disk) is no result: a resume rewrites it."""
+        try:
+            status = self.read_summary().get("status")
+        except DamagedFile:
+            return None
+        return status if status in FINISHED else None
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.summary, summary)
 
 
+class DamagedFile(ConfigError):
+    """A run's file that cannot be read back (cut short, or not what optbench writes)."""
+
+
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`; {} when the file does not exist."""
-    return json.loads(path.read_text()) if path.exists() else {}
+    """A JSON object from `path`; {} when the file does not exist; DamagedFile when it is not one."""
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError: cut short or overwritten
+        raise DamagedFile(f"{path}: damaged, not a JSON file ({e}).") from None
+    if not isinstance(value, dict):
+        raise DamagedFile(f"{path}: damaged, not a JSON object.")
+    return value
+
+
+def read_json_lines(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of a JSON-lines file ([] when it does not exist), and its last line when a
+    write cut short left it without its newline and unreadable (None otherwise): callers drop it
+    and say so. Any other line that is not a JSON object raises DamagedFile, naming it."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    lines = text.split("\n")  # the element after the last newline: "" or a partial line
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif number == len(lines):
+            return records, line
+        else:
+            raise DamagedFile(f"{path}: damaged, line {number} is not a JSON object ({line[:60]!r}).")
+    return records, None
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Name `path` in an OSError that a write raises without a file name (a full disk found by a
+    flush or by torch.save), so that the one line reporting it says which file."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+
+
+@contextmanager
+def temporary_beside(path: Path) -> Iterator[Path]:
+    """The temporary file `.<name>.tmp` beside `path`, removed if the block fails, so that a
+    failed write (a full disk) leaves no temporary file behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with writing(path):
+            yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
     """Write `value` as JSON so that `path` always holds a complete file (non-finite as null)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(value), indent=2) + "\n")
-    os.replace(tmp, path)
+    with temporary_beside(path) as tmp:
+        tmp.write_text(json.dumps(json_safe(value), indent=2) + "\n")
+        os.replace(tmp, path)
 
 
 def json_safe(value: Any) -> Any:

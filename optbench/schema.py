@@ -7,8 +7,10 @@ the signature before any compute is spent, and name the key, the value and what 
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -60,21 +62,37 @@ def _describe_type(tp: Any) -> str:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         text = " or ".join(_describe_type(a) for a in args)
         return f"{text} or null" if len(args) < len(typing.get_args(tp)) else text
-    if origin in (tuple, list, typing.Sequence) or tp in (tuple, list):
+    if origin in SEQUENCES or tp in (tuple, list):
         inner = typing.get_args(tp)
-        return f"a list of {_describe_type(inner[0])}" if inner else "a list"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        return f"a list, each item {_describe_type(inner[0])}" if inner else "a list"
+    return {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
+
+
+# What `Sequence[int]` (collections.abc's or typing's) and `list[int]` annotations have as their origin.
+SEQUENCES = (tuple, list, collections.abc.Sequence)
+
+
+def non_finite(value: Any) -> bool:
+    """Whether `value` is, or holds, a NaN or an infinity (`1e400` reads as one)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(map(non_finite, value))
+    if isinstance(value, dict):
+        return any(map(non_finite, value.values()))
+    return False
 
 
 def check_value(tp: Any, value: Any) -> str | None:
     """None if `value` fits the annotation `tp`, else what is allowed (for the message).
 
-    Annotations it does not understand are accepted: the constructor has the last word.
+    Annotations it does not understand are accepted, but never a NaN or an infinity, which no
+    setting means unless its annotation says so (`Literal["inf"]`): the constructor has the last word.
     """
     if tp is Any or tp is inspect.Parameter.empty:
-        return None
+        return "finite (no nan or inf)" if non_finite(value) else None
     origin = typing.get_origin(tp)
     if origin is Annotated:
         base, *meta = typing.get_args(tp)
@@ -98,11 +116,11 @@ def check_value(tp: Any, value: Any) -> str | None:
     if tp is int:
         return None if isinstance(value, int) and not isinstance(value, bool) else _describe_type(tp)
     if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return None if ok else _describe_type(tp)
     if tp is str:
         return None if isinstance(value, str) else _describe_type(tp)
-    if origin in (tuple, list, typing.Sequence):
+    if origin in SEQUENCES:
         if not isinstance(value, (list, tuple)):
             return _describe_type(tp)
         inner = [a for a in typing.get_args(tp) if a is not Ellipsis]
@@ -119,6 +137,16 @@ class EmaConfig:
 
     decay: Optional[UnitInterval] = None
     """Weight of the old average per step, e.g. 0.999; null is off."""
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """`trainer.early_stopping`: end the run when `trainer.monitor` stops improving."""
+
+    patience: Optional[PositiveInt] = None
+    """Evaluations in a row without improvement that end the run (status completed); null is off."""
+    min_delta: NonNegativeFloat = 0.0
+    """How much better than its best (in `trainer.monitor_mode`'s direction) counts as improving."""
 
 
 @dataclass
@@ -143,7 +171,7 @@ class TrainerConfig:
     `fsdp` (FSDP2: parameters sharded); `auto` is ddp under torchrun, else `none` (one process)."""
     clip_norm: Optional[PositiveFloat] = None
     """Clip the total gradient 2-norm to this value; null is off."""
-    clip_norm_type: PositiveFloat = 2.0
+    clip_norm_type: Union[PositiveFloat, Literal["inf"]] = 2.0
     """The p of the p-norm that `clip_norm` limits (inf for the largest element)."""
     clip_value: Optional[PositiveFloat] = None
     """Clip every gradient element to [-v, v]; null is off."""
@@ -179,6 +207,12 @@ class TrainerConfig:
     """Show the progress bar."""
     tensorboard: bool = True
     """Write TensorBoard event files under tb/."""
+    mlflow: bool = False
+    """Log params, metrics and status to MLflow as well (pip install 'optbench[mlflow]')."""
+    mlflow_tracking_uri: Optional[str] = None
+    """Where MLflow stores runs; null is a file store in the run folder's mlruns/."""
+    early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
+    """End the run when the monitored metric stops improving (`trainer.early_stopping.patience`)."""
 
     @classmethod
     def field_types(cls) -> dict[str, Any]:
@@ -186,7 +220,8 @@ class TrainerConfig:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "TrainerConfig":
-        cfg = cls(**{**values, "ema": EmaConfig(**values.get("ema", {}))})
+        cfg = cls(**{**values, "ema": EmaConfig(**values.get("ema", {})),
+                     "early_stopping": EarlyStoppingConfig(**values.get("early_stopping", {}))})
         cfg.precision = str(cfg.precision)  # type: ignore[assignment]
         return cfg
 

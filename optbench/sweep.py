@@ -8,8 +8,11 @@ rename, so that the index is right whichever process finishes first, and the pro
 launched the sweep reads its exit status back from there.
 
 A re-run of the same command in the same folder (`hydra.sweep.dir=...`, which the sweep prints)
-runs nothing that already has a result: a completed, diverged or failed job is skipped, an
-interrupted one (or one killed after a checkpoint) continues from its checkpoint.
+runs nothing that already has a result: a completed or diverged job is skipped, and so is one that
+failed before its first checkpoint (it would fail again the same way); an interrupted one, one
+killed after a checkpoint, or one that failed after a checkpoint (a full disk, a damaged file)
+continues from its checkpoint. Each job holds its folder's lock while it runs (one writer); a
+re-run while a job's folder is still written by a live process is refused.
 """
 
 from __future__ import annotations
@@ -26,14 +29,14 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from optbench import preemption
 from optbench.commands.common import override_key, task_overrides
 from optbench.errors import ConfigError
-from optbench.hparams import log_job_hparams
-from optbench.run_folder import RunFolder, read_json, write_json_atomic
+from optbench.folder_lock import FolderLock, refuse_if_held
+from optbench.run_folder import FINISHED, RunFolder, read_json, write_json_atomic
 
 INDEX = "sweep.json"
 LOCK = ".sweep.lock"
-FINISHED = ("completed", "diverged", "failed")  # a re-run skips these
 INTERRUPTED = 1  # exit status of a job stopped by a signal (its summary says `interrupted`)
 SWEEP_DIR_KEY = "hydra.sweep.dir"
 
@@ -59,6 +62,9 @@ def prepare(overrides: list[str], cfg: DictConfig) -> tuple[list[str], Path]:
                 f"{SWEEP_DIR_KEY}={sweep_dir}: that folder holds the sweep of other overrides "
                 f"({' '.join(index.get('overrides', []))}); re-run exactly that command to continue it, "
                 f"or choose another folder. optbench never overwrites a run.")
+        for job in index.get("jobs", []):  # a job still written (by workers of a killed launcher)
+            refuse_if_held(sweep_dir / job["run_dir"], f"{SWEEP_DIR_KEY}={sweep_dir}: job {job['job']} "
+                                                        f"({sweep_dir / job['run_dir']})")
         with locked(sweep_dir):
             index = read_index(sweep_dir)
             index.pop("stopped", None)  # a new invocation: jobs may start again
@@ -115,15 +121,28 @@ def run_in_sweep(cfg: DictConfig, run_job: Callable[[DictConfig], int], in_launc
     folder = RunFolder(run_dir)
     summary = folder.read_summary()
     status = summary.get("status") or (earlier or {}).get("status")
-    if status in FINISHED:
+    if status in FINISHED or (status == "failed" and not folder.checkpoints.is_dir()):
         print(f"optbench: job {num} ({' '.join(overrides)}): {status} earlier, skipped.", file=sys.stderr)
         return monitored(cfg, summary)
-    if folder.has_started() and cfg.trainer.resume is None:
-        with open_dict(cfg):
-            cfg.trainer.resume = "auto"  # an interrupted or killed job continues from its checkpoint
-    job = {"job": num, "overrides": overrides, "run_dir": os.path.relpath(run_dir, sweep_dir)}
-    record(sweep_dir, {**job, "status": "running", "started": time.time()})
-    exit_code = run_job(cfg)
+    if not in_launcher_process and "joblib" in str(hydra_cfg.launcher._target_).lower():
+        preemption.stop_when_orphaned()  # a worker dies with its launcher
+    from optbench.distributed import world
+
+    try:  # rank 0 writes the folder of a job of several processes (a multi-task SLURM job)
+        lock = FolderLock.take(run_dir, f"job {num} ({run_dir})") if world().is_main else None
+    except ConfigError as e:  # started in the meantime by another invocation of the sweep
+        print(f"optbench: job {num} not run: {e}", file=sys.stderr)
+        return math.nan
+    try:
+        if folder.has_started() and cfg.trainer.resume is None:
+            with open_dict(cfg):
+                cfg.trainer.resume = "auto"  # an interrupted, killed or failed job continues from its checkpoint
+        job = {"job": num, "overrides": overrides, "run_dir": os.path.relpath(run_dir, sweep_dir)}
+        record(sweep_dir, {**job, "status": "running", "started": time.time()})
+        exit_code = run_job(cfg)
+    finally:
+        if lock is not None:
+            lock.release()
     summary = folder.read_summary()
     status = summary.get("status", "failed")  # none: bad input found at run time (exit status 2)
     entry = {**job, "status": status, "exit_code": exit_code, "final": summary.get("final", {}),
@@ -131,7 +150,7 @@ def run_in_sweep(cfg: DictConfig, run_job: Callable[[DictConfig], int], in_launc
     if "error" in summary:
         entry["error"] = summary["error"]
     record(sweep_dir, entry, stop=status == "interrupted")
-    log_job_hparams(cfg, constant=constant_keys(index.get("overrides", [])))
+    preemption.exit_if_orphaned()  # nobody collects this worker's result
     if status == "interrupted" and in_launcher_process:
         raise SystemExit(INTERRUPTED)  # a stop signal ends the whole sweep, not just this job
     return monitored(cfg, summary)

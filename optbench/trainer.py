@@ -22,16 +22,19 @@ from optbench.build import build_data, build_model, build_optimizer, build_sched
 from optbench.data import Batch, batch_groups
 from optbench.diagnostics import Diagnostics
 from optbench.ema import WeightEMA
-from optbench.errors import ConfigError
-from optbench.evaluation import ValidationHistory
+from optbench.evaluation import EarlyStopping, ValidationHistory
+from optbench.hparams import job_identity
 from optbench.interval import Diverged, TrainInterval
 from optbench.lr_scaling import scaled_optimizer
 from optbench.memory import PeakMemory
+from optbench.optim.base import compiled
 from optbench.optim.wrapping import state_bytes
-from optbench.preemption import Interrupted, StopRequests
+from optbench.preemption import Interrupted, StopRequests, resume_command
 from optbench.progress import ProgressBar, print_summary
 from optbench.run_folder import RunFolder
 from optbench.metrics_log import MetricsLog
+from optbench.mlflow_log import MlflowRun
+from optbench.provenance import provenance
 from optbench.lr_scheduler import ScheduledLR
 from optbench.schema import TrainerConfig
 from optbench.tasks import Classification, Task
@@ -59,16 +62,13 @@ class Trainer:
         if self.strategy != "none":
             self.data.shard(self.world.rank, self.world.size)  # data.batch_size is the global batch
         self.model = build_model(cfg.model, self.data).to(self.device, memory_format=memory_format)
-        if self.tc.channels_last and not any(p.ndim == 4 for p in self.model.parameters()):
-            raise ConfigError(f"trainer.channels_last=true: model._target_={cfg.model._target_} has no "
-                              f"convolutions (4-D weights) to lay out channels-last; set it to false.")
         # The module that training calls (DDP around the model, or the model sharded by FSDP2),
         # compiled when asked; it shares the model's parameters and state_dicts come from the model.
         self.parallel_model = distributed.wrap(self.model, self.strategy, self.device)
-        self.forward_model = torch.compile(self.parallel_model) if self.tc.compile else self.parallel_model
+        self.forward_model = compiled(self.parallel_model, "the model") if self.tc.compile else self.parallel_model
         # Evaluation bypasses DDP (no gradients to sync, and ranks may read unequal shares).
         self.eval_model = self.forward_model if self.strategy != "ddp" else (
-            torch.compile(self.model) if self.tc.compile else self.model)
+            compiled(self.model, "the model for evaluation") if self.tc.compile else self.model)
         # The data say what is computed from their batches (loss, metrics, the run's target).
         self.task: Task = getattr(self.data, "task", None) or Classification()
         self.total_steps, self.steps_per_epoch = run_length(self.tc, self.data)
@@ -85,11 +85,14 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.epoch = 0  # current epoch
         self.batch_in_epoch = 0  # micro-batches of the current epoch already consumed
-        self.history = ValidationHistory(self.task, self.tc.monitor)
+        stopping = self.tc.early_stopping
+        self.history = ValidationHistory(self.task, self.tc.monitor, EarlyStopping(
+            self.tc.monitor, self.tc.monitor_mode, stopping) if stopping.patience is not None else None)
         self.last_train_loss = math.nan
         self.train_time = 0.0  # seconds spent in training steps (evaluation excluded)
         self.samples_seen = 0
         self.divergence: dict[str, Any] = {}  # where the run stopped being finite, if it did
+        self.provenance = provenance() if self.world.is_main else {}  # how the result was made
 
     def build_updates(self) -> UpdateStep:
         """The update of the model's parameters (a hook: a GAN builds one per network).
@@ -138,9 +141,12 @@ class Trainer:
         # checkpoint describe nothing that this run continues.
         continuing = resumed_from is not None or self.tc.resume == "auto"
         # Only rank 0 writes the run folder; the other ranks compute the same numbers silently.
+        identity = job_identity(self.cfg)
+        mlflow = MlflowRun(self.folder.path, identity.name, OmegaConf.to_container(self.cfg, resolve=True),
+                           self.tc.mlflow_tracking_uri, resumed=continuing) if self.tc.mlflow and main else None
         self.metrics_log = MetricsLog(self.folder, self.optimizer.param_groups[0].get("name", "group0"),
-                                      self.tc.tensorboard, resume_step=self.step if continuing else None,
-                                      active=main)
+                                      self.tc.tensorboard, identity, resume_step=self.step if continuing else None,
+                                      active=main, mlflow=mlflow)
         self._start = time.perf_counter() - self.train_time
         self.interval.reset(self.step + 1)
         status, checkpoint_at_end = "completed", True
@@ -149,22 +155,29 @@ class Trainer:
             with StopRequests() as self.stop_requests, ProgressBar(
                 self.total_steps, self.step, self.tc.progress and main
             ) as self.progress:
-                while self.step < self.total_steps:
+                while self.step < self.total_steps and not self.history.stop:
                     self._train_epoch()
+            if self.history.stop:
+                log.info("early stopping: %s", self.history.early_stopping.summary()["reason"])
         except Diverged as e:
             status, self.divergence = "diverged", e.record
             log.warning("run diverged: %s", e)
         except Interrupted as e:
             status = "interrupted"
-            log.warning("%s at step %d; checkpointed: the same command resumes", e, self.step)
+            command = resume_command(self.folder.path)
+            log.warning("%s at step %d; checkpointed. %s", e, self.step,
+                        f"To resume: {command}" if command else "trainer.resume=auto in this run folder resumes it")
         except KeyboardInterrupt:  # a second Ctrl-C, possibly mid-step: no checkpoint of that state
             status, checkpoint_at_end = "interrupted", False
+        except Exception:  # a crash: TensorBoard and MLflow record it as failed, then the caller reports it
+            self.metrics_log.close(self.summary("failed"))
+            raise
         if status == "completed" and self.history.last_step != self.step:
             self.evaluate()
         if status != "diverged" and checkpoint_at_end:
             self.save_checkpoint()
         summary = self.summary(status)
-        self.metrics_log.close()
+        self.metrics_log.close(summary)
         if main:
             self.folder.write_summary(summary)
             print_summary(summary, str(self.folder.path))
@@ -183,7 +196,7 @@ class Trainer:
             self.step += 1
             self.batch_in_epoch = position
             self._after_step(result, sum(len(b[1]) for b in group) * self.world.size)
-            if self.step >= self.total_steps:
+            if self.step >= self.total_steps or self.history.stop:
                 return
             # A stop signal takes effect here, between steps, on every rank at the same step.
             self.stop_requests.check(distributed.any_rank)
@@ -210,6 +223,8 @@ class Trainer:
                 self._pause(self.save_checkpoint)
         if self.tc.checkpoint_every and self.step % self.tc.checkpoint_every == 0 and not last:
             self._pause(self.save_checkpoint)
+        if self.history.stop and self.step % self.tc.log_every and not last:
+            self._log_train(result)  # early stopping made this the last step: its train line too
 
     def _pause(self, work: Any) -> None:
         """Run `work` outside the training clock, so samples/s measures training alone."""
@@ -362,6 +377,12 @@ class Trainer:
             summary["peak_memory"] = peak_memory
         if "target" in validation:
             summary["target"] = validation["target"]
+        # Shipped data (the text snapshot) name their bytes' checksum, so runs compare like for like.
+        if getattr(self.data, "origin", None) is not None:
+            summary["data"] = self.data.origin
+        if "early_stopping" in validation:
+            summary["early_stopping"] = validation["early_stopping"]
         if status == "diverged":
             summary["divergence"] = self.divergence
+        summary["provenance"] = self.provenance
         return summary

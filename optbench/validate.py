@@ -10,15 +10,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import typing
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from optbench import distributed, lr_scaling
-from optbench.build import (LR_SCALING_KEYS, accepted, arguments, estimates_hessian, inner_components, locate,
-                            nested_components)
+from optbench import distributed, lr_scaling, mlflow_log, targets
+from optbench.build import LR_SCALING_KEYS, accepted, arguments, estimates_hessian, inner_components, nested_components
 from optbench.errors import ConfigError
+from optbench.evaluation import early_stopping_problems
 from optbench.schema import TrainerConfig, check_value
 
 if TYPE_CHECKING:
@@ -38,16 +39,22 @@ INSTALL_HINTS = {
     "bitsandbytes": " 8-bit optimizers need it: pip install 'bitsandbytes>=0.50' (CPU from 0.50, or CUDA).",
 }
 
+
+def _number(value: Any) -> bool:
+    """A finite int or float: YAML's `true` is an int to Python, and `inf` a float to torch."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 # Ranges that hold for these optimizer arguments whatever class takes them (torch's own
 # optimizers have no annotations to read them from).
 OPTIMIZER_RULES: dict[str, tuple[str, typing.Callable[[Any], bool]]] = {
-    "lr": (">= 0", lambda v: v >= 0),
+    "lr": ("a finite number >= 0", lambda v: _number(v) and v >= 0),
     # A pair for Adafactor (torch's: null or a number, then a number).
-    "eps": (">= 0 (or a list of such numbers or null)",
-            lambda v: all(e is None or e >= 0 for e in (v if isinstance(v, (list, tuple)) else [v]))),
-    "weight_decay": (">= 0", lambda v: v >= 0),
-    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "betas": ("a pair of numbers in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)),
+    "eps": ("a finite number >= 0 (or a list of such numbers or null)",
+            lambda v: all(e is None or (_number(e) and e >= 0) for e in (v if isinstance(v, (list, tuple)) else [v]))),
+    "weight_decay": ("a finite number >= 0", lambda v: _number(v) and v >= 0),
+    "momentum": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
+    "betas": ("a pair of numbers in [0, 1)", lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v)),
 }
 
 
@@ -59,18 +66,20 @@ def validate_config(cfg: DictConfig, preview: bool = False) -> list[str]:
     scheduler, data, the LR scaling), and demotes a warmup longer than the run to a warning so
     that it is shown.
     """
+    check_targets(cfg)  # first: nothing that the policy refuses is imported or called by what follows
     problems = check_trainer(cfg.trainer)
     for group in ("scheduler", "data") if preview else COMPONENTS:
-        problems += check_component(group, cfg[group], COMPONENTS[group])
+        problems += (check_optimizer(cfg.optimizer) if group == "optimizer" else
+                     check_component(group, cfg[group], COMPONENTS[group]))
     problems += lr_scaling.problems(cfg.optimizer)  # the preview scales the LR too
     if not preview:
         problems += distributed.problems(cfg)
-        for key, node in nested_components(cfg.optimizer, "optimizer"):
-            problems += check_component(key, node, COMPONENTS["optimizer"])
     if not preview and cfg.get("gan") is not None:
         problems += check_gan(cfg)
     if not preview:
         problems += check_memory_format(cfg) + check_launcher(cfg)
+        problems += check_device(cfg.trainer) + check_resume(cfg)
+        problems += mlflow_log.problems(cfg.trainer)
     if not problems and not preview:
         problems += dry_run_optimizer(cfg.optimizer)
     warnings: list[str] = []
@@ -89,10 +98,88 @@ def validate_config(cfg: DictConfig, preview: bool = False) -> list[str]:
         problems += schedule_problems
         if not preview:
             problems += check_target(cfg.data, task)
-            warnings += check_monitor(cfg.trainer.monitor, logged)
+            monitor_problems, monitor_warnings = check_monitor(cfg.trainer.monitor, logged)
+            problems, warnings = problems + monitor_problems, warnings + monitor_warnings
+            problems += [] if monitor_problems else early_stopping_problems(cfg, logged)
+    if not problems and not preview:
+        problems += dry_build(cfg)
     if problems:
         raise ConfigError(problems)
     return warnings
+
+
+def check_device(trainer: DictConfig) -> list[str]:
+    """`trainer.device` as the trainer resolves it: `cuda` on a machine without one is refused
+    (another value that is no device is the trainer schema's to report)."""
+    if str(trainer.get("device")) != "cuda":
+        return []
+    try:
+        distributed.resolve_device(str(trainer.device))
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+def check_resume(cfg: DictConfig) -> list[str]:
+    """The checkpoint that `trainer.resume` names, read as the resume will read it (exists, loads
+    with weights_only, has a checkpoint's keys, holds this run's optimizers); `auto` names the run
+    folder's own, which `config.validate_overrides` checks once it knows the folder."""
+    from pathlib import Path
+
+    from optbench import checkpoint
+
+    resume = cfg.trainer.get("resume")
+    if resume in (None, "auto"):
+        return []
+    try:
+        state = checkpoint.load(Path(str(resume)).expanduser())
+        checkpoint.refuse_other_optimizer(resume, state.get("config", {}), cfg)
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+def dry_build(cfg: DictConfig) -> list[str]:
+    """Build the run's data, and its model on the meta device (shapes without memory or compute),
+    as the trainer will: what only they can tell (a missing data.root, a model that cannot read the
+    data, a batch larger than the training set) is then refused before a run folder exists."""
+    from optbench.build import build_data
+
+    try:
+        data = build_data(cfg.data)
+    except ConfigError as e:
+        return e.problems
+    except (TypeError, ValueError) as e:  # the data function's own argument checks
+        return [f"data._target_={cfg.data._target_}: {' '.join(str(e).split())[:300]}"]
+    try:
+        model = _model_for(cfg.model, data)
+    except ConfigError as e:
+        return e.problems
+    except Exception as e:  # whatever a constructor raises on arguments it cannot use
+        return [f"model._target_={cfg.model._target_}: cannot be built for these data "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:300]})."]
+    problems = []
+    if data.batch_size > data.num_train:
+        problems.append(f"data.batch_size={data.batch_size}: larger than the training set ({data.num_train:,} "
+                        f"samples); choose at most {data.num_train} (a batch holds distinct samples).")
+    if cfg.trainer.get("channels_last") and not any(p.ndim == 4 for p in model.parameters()):
+        problems.append(f"trainer.channels_last=true: model._target_={cfg.model._target_} has no "
+                        f"convolutions (4-D weights) to lay out channels-last; set it to false.")
+    return problems
+
+
+def _model_for(node: DictConfig, data: Any) -> Any:
+    """The model that `node` builds for `data`: on the meta device, else (a constructor that
+    computes with its tensors, which meta tensors cannot) on the CPU."""
+    import torch
+
+    from optbench.build import build_model
+
+    try:
+        with torch.device("meta"):
+            return build_model(node, data)
+    except (RuntimeError, NotImplementedError):
+        return build_model(node, data)
 
 
 def check_gan(cfg: DictConfig) -> list[str]:
@@ -123,6 +210,14 @@ def check_gan(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def check_optimizer(node: DictConfig) -> list[str]:
+    """The optimizer's arguments, and those of each optimizer it wraps (Lookahead's inner one)."""
+    problems = check_component("optimizer", node, COMPONENTS["optimizer"])
+    for key, inner in nested_components(node, "optimizer"):
+        problems += check_component(key, inner, COMPONENTS["optimizer"])
+    return problems
+
+
 def check_launcher(cfg: DictConfig) -> list[str]:
     """A SLURM launcher needs SLURM's commands on this machine (submitit calls sbatch and srun)."""
     import shutil
@@ -137,7 +232,7 @@ def check_launcher(cfg: DictConfig) -> list[str]:
 def check_memory_format(cfg: DictConfig) -> list[str]:
     """Channels-last is a layout of image convolutions: refused for a model that reads no images."""
     try:
-        reads = getattr(locate(str(cfg.model._target_)), "inputs", None)
+        reads = getattr(targets.resolve(str(cfg.model._target_), "model"), "inputs", None)
     except Exception:  # an import problem is reported by the component check
         return []
     if cfg.trainer.get("channels_last") and reads is not None and "images" not in reads:
@@ -188,7 +283,9 @@ def check_component(group: str, node: DictConfig, supplied: set[str]) -> list[st
     if not target:
         return [f"{group}._target_ is missing: choose an option ({group}=NAME) or give a class."]
     try:
-        obj = locate(target)
+        obj = targets.resolve(target, group)
+    except ConfigError as e:  # refused by the _target_ policy
+        return e.problems
     except Exception as e:  # ImportError, AttributeError, ...: all mean the path is wrong.
         reason = " ".join(str(e).split())
         hint = INSTALL_HINTS.get(target.split(".")[0], "")
@@ -305,7 +402,7 @@ def workload_task(data: DictConfig) -> type[Task] | Task:
     from optbench.build import build_data
     from optbench.tasks import Classification
 
-    declared = getattr(locate(data._target_), "task", None)
+    declared = getattr(targets.resolve(data._target_, "data"), "task", None)
     if declared is not None:
         return declared
     return getattr(build_data(data), "task", None) or Classification  # what the trainer assumes
@@ -331,11 +428,49 @@ def check_target(data: DictConfig, task: type[Task] | Task) -> list[str]:
     return []
 
 
-def check_monitor(monitor: str, logged: list[str]) -> list[str]:
-    """A warning when `trainer.monitor` is never logged: checkpoints/best.pt is then never written
-    and a sweep ranks every job NaN. Not an error: the default (`acc`) is runnable on any workload."""
+def check_monitor(monitor: str, logged: list[str]) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of `trainer.monitor` never logged: checkpoints/best.pt is then never
+    written and a sweep ranks every job NaN. A chosen monitor is refused; the default (`acc`), which
+    every workload runs with unless it says otherwise, is a warning."""
     if monitor in logged:
-        return []
-    return [f"trainer.monitor={monitor!r}: never logged (this workload's evaluation logs {', '.join(logged)}), "
+        return [], []
+    text = (f"trainer.monitor={monitor!r}: never logged (this workload's evaluation logs {', '.join(logged)}), "
             f"so checkpoints/best.pt is never written and a sweep ranks every job NaN; set trainer.monitor "
-            f"and trainer.monitor_mode."]
+            f"to one of them (and trainer.monitor_mode).")
+    return ([], [text]) if monitor == TrainerConfig.monitor else ([text], [])
+
+
+def target_components(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(key, node) of every component of `cfg` that optbench builds from a `_target_`."""
+    keys = ["model", "data", "params", "optimizer", "scheduler"]
+    if cfg.get("gan") is not None:
+        keys += ["gan.g", "gan.d", "gan.g_scheduler", "gan.d_scheduler"]
+    found = []
+    for key in keys:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        found += [(key, node), *nested_components(node, key)]
+    return found
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every `_target_` of `cfg` that the policy refuses, before anything
+    else imports or calls one. A target that cannot be imported is left to the signature check."""
+    targets.trusts_targets()  # a value other than 0 or 1 is refused even where no target needs it
+    problems = []
+    for key, node in target_components(cfg):
+        target = node.get("_target_")
+        if not target:
+            continue  # the signature check says that it is missing
+        try:
+            obj = targets.resolve(str(target), key)
+        except ConfigError as e:
+            problems += e.problems
+            continue
+        except Exception:  # ImportError and what a module raises while importing: reported there
+            continue
+        refusal = targets.name_refusal(obj, node, key) if targets.kind_of(key) == "model" else None
+        problems += [refusal] if refusal else []
+    if problems:
+        raise ConfigError(problems)

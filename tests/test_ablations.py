@@ -14,7 +14,7 @@ import torch
 from omegaconf import open_dict
 
 from conftest import read_summary, run_cli, run_dirs
-from optbench.build import locate
+from optbench.targets import import_path as locate
 from optbench.checkpoint import load
 from optbench.cli import main
 from optbench.config import job_config, register_recipes, sweep_variants, with_sweeper_params

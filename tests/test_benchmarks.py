@@ -23,6 +23,7 @@ SMOKE = {
     "throughput.py": (["--steps", "3", "--repeats", "1", "--only", "counting_gru", "gan_ring"],
                       r"gan_ring\s+[\d,]+\s+[\d,]+\s+\d+\.\d+"),
     "soak.py": (["--runs", "2", "--faults", "none", "bad", "--steps", "20"], r"wrong outcomes: 0"),
+    "startup.py": (["--repeats", "1"], r"default run / bare import: \d+\.\d+"),
 }
 
 

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from conftest import run_cli
 
 
-def test_help_and_list_do_not_import_torch():
-    # `optbench --help` and `optbench list` must answer at once: torch is imported lazily.
+def test_help_list_and_completion_do_not_import_torch():
+    # `optbench --help`, `optbench list` and a TAB must answer at once: torch is imported lazily.
     code = (
         "import sys, io, contextlib\n"
         "from optbench.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    assert main(['--help']) == 0 and main(['list']) == 0\n"
+        "    assert main(['__complete', 'bash', 'ad', 'optbench run optimizer=ad']) == 0\n"
         "heavy = [m for m in ('torch', 'hydra', 'omegaconf', 'matplotlib') if m in sys.modules]\n"
         "print(heavy)\n"
     )
@@ -32,7 +37,7 @@ def test_help_lists_every_contract_command(workdir):
 def test_every_listed_command_has_a_handler():
     from optbench.cli import COMMANDS, HANDLERS
 
-    assert set(HANDLERS) == set(COMMANDS)
+    assert set(HANDLERS) == {*COMMANDS, "__complete"}  # and the query that completion scripts run
 
 
 def test_list_shows_each_option_with_its_description(workdir):
@@ -54,6 +59,17 @@ def test_unknown_command_is_bad_input(workdir):
     result = run_cli("trian", cwd=workdir)
     assert result.returncode == 2
     assert "'trian'" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("reprot", cwd=workdir)
+    assert result.returncode == 2 and "unknown command 'reprot'. Did you mean 'report'?" in result.stderr
+
+
+def test_list_takes_a_group_name_and_suggests_the_closest_topic(workdir):
+    singular = run_cli("list", "optimizer", cwd=workdir)
+    assert singular.returncode == 0
+    assert singular.stdout == run_cli("list", "optimizers", cwd=workdir).stdout
+    assert singular.stdout.startswith("optimizers (optimizer=NAME):\n  adafactor ")
+    typo = run_cli("list", "optimzers", cwd=workdir)
+    assert typo.returncode == 2 and "list optimzers: no such topic. Did you mean 'optimizers'?" in typo.stderr
 
 
 def test_run_help_and_cfg_job_work_as_in_any_hydra_app(workdir):
@@ -83,12 +99,111 @@ def test_run_m_with_cfg_shows_the_one_run_or_says_why_not(workdir, monkeypatch, 
     assert not (workdir / "outputs").exists()  # showing runs nothing
 
 
-def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+@pytest.mark.parametrize("args, first", [("list", "models (model=NAME):"),
+                                         ("list recipes", "recipes (recipe=NAME):"),
+                                         ("--help", "usage: optbench COMMAND [OVERRIDES...]")])
+def test_output_into_a_closed_pipe_ends_quietly(args, first, tmp_path):
     """`optbench list | head -1`: the reader goes away; no traceback."""
-    import subprocess
-    import sys
-
-    result = subprocess.run(f"'{sys.executable}' -m optbench list | head -1", shell=True, cwd=tmp_path,
+    result = subprocess.run(f"'{sys.executable}' -m optbench {args} | head -1", shell=True, cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
-    assert result.stdout.startswith("models (model=NAME):")
+    assert result.stdout == first + "\n"
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_run_help_lists_groups_from_the_folders_as_hydra_would(workdir, monkeypatch, capsys):
+    """`run --help` does not ask Hydra for each group's options (a config repository per group:
+    seconds); what it lists is what Hydra lists."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    from optbench.commands.common import group_options
+    from optbench.commands.run import run
+    from optbench.config import _hydra_session, register_recipes
+    from optbench.commands.common import ConfigSource
+
+    register_recipes()
+    with _hydra_session(ConfigSource()):
+        from hydra.core.global_hydra import GlobalHydra
+
+        loader = GlobalHydra.instance().config_loader()
+        hydra_lists = {g: sorted(loader.get_group_options(g)) for g in loader.list_groups("") if g != "hydra"}
+    assert group_options() == hydra_lists
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("run --help listed a group through Hydra")
+
+    monkeypatch.setattr(ConfigLoaderImpl, "get_group_options", refuse)
+    monkeypatch.chdir(workdir)
+    assert run(["--help", "optimizer=lion"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("optbench run is powered by Hydra.\n")
+    assert "recipe: adam_vs_adamw, " in out and "\noptimizer: adafactor, adagrad, " in out
+    assert "_target_: optbench.optim.Lion" in out  # the config that the overrides compose
+    assert not (workdir / "outputs").exists()
+
+
+def test_hydras_shell_completion_flag_points_to_optbench_completion(workdir):
+    result = run_cli("run", "-sc", "install=bash", cwd=workdir)
+    assert result.returncode == 2
+    assert "source <(optbench completion bash)" in result.stderr and "Traceback" not in result.stderr
+    assert run_cli("completion", "tcsh", cwd=workdir).returncode == 2
+
+
+def _bash_complete(line: str, words: list[str]) -> list[str]:
+    """What TAB offers after `line` in bash with `optbench completion bash` sourced; `words` is how
+    bash splits the line (COMP_WORDS: `=` is a word of its own)."""
+    script = (f"source <(optbench completion bash)\nCOMP_LINE={line!r}; COMP_POINT=${{#COMP_LINE}}\n"
+              f"COMP_WORDS=({' '.join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}\n"
+              "_optbench; printf '%s\\n' \"${COMPREPLY[@]}\"")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60, check=True)
+    return result.stdout.splitlines()
+
+
+def test_bash_completion_of_commands_groups_options_and_keys():
+    # A finished word gets its space; `group=` and `key=` wait for the value.
+    assert _bash_complete("optbench r", ["optbench", "r"]) == ["run ", "report "]
+    assert _bash_complete("optbench run opt", ["optbench", "run", "opt"]) == ["optimizer.", "optimizer="]
+    assert _bash_complete("optbench run optimizer=ad", ["optbench", "run", "optimizer", "=", "ad"]) == [
+        "adafactor ", "adagrad ", "adam ", "adam8bit ", "adamw ", "adamw8bit "]
+    assert _bash_complete("optbench run optimizer=", ["optbench", "run", "optimizer", "="])[:2] == [
+        "=adafactor ", "=adagrad "]  # bash's word is `=`: it is kept
+    assert _bash_complete("optbench run optimizer.l", ["optbench", "run", "optimizer.l"]) == [
+        "optimizer.lr_scaling=", "optimizer.lr="]
+    # The keys of the option chosen on the line: Lion's, not the default AdamW's.
+    lion = _bash_complete("optbench run optimizer=lion optimizer.", ["optbench", "run", "optimizer", "=", "lion",
+                                                                     "optimizer."])
+    assert "optimizer.betas=" in lion and "optimizer.eps=" not in lion
+    assert _bash_complete("optbench run --config-", ["optbench", "run", "--config-"]) == [
+        "--config-dir ", "--config-name ", "--config-path "]
+    assert _bash_complete("optbench list sch", ["optbench", "list", "sch"]) == ["schedulers "]
+
+
+def test_zsh_and_fish_scripts_register_optbench_itself(workdir):
+    for shell, line in (("zsh", "compdef _optbench optbench"), ("fish", "complete -c optbench ")):
+        result = run_cli("completion", shell, cwd=workdir)
+        assert result.returncode == 0 and line in result.stdout
+    fish = run_cli("__complete", "fish", "optimizer=ad", "optbench run optimizer=ad", cwd=workdir).stdout
+    assert fish.splitlines()[:2] == ["optimizer=adafactor", "optimizer=adagrad"]  # fish adds its own space
+
+
+def test_the_default_run_imports_no_library_it_does_not_use(workdir):
+    """scikit-learn (with scipy), torchvision and matplotlib cost seconds to import; the default run
+    uses none of them (the digits are read from scikit-learn's file, as load_digits reads it)."""
+    code = ("import sys\nfrom optbench.cli import main\n"
+            "assert main(['run', 'trainer.max_steps=2', 'trainer.progress=false']) == 0\n"
+            "print([m for m in ('sklearn', 'scipy', 'torchvision', 'matplotlib') if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_bundled_digits_are_scikit_learns():
+    import torch
+    from sklearn.datasets import load_digits
+
+    from optbench.data import bundled_digits
+
+    images, labels = bundled_digits()
+    reference = load_digits()
+    assert torch.equal(images, torch.tensor(reference.images, dtype=torch.float32).unsqueeze(1))
+    assert torch.equal(labels, torch.tensor(reference.target))

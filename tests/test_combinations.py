@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from conftest import read_metrics, read_summary
 from optbench.commands import lr_find
-from optbench.build import locate
+from optbench.targets import import_path as locate
 from optbench.config import compose, job_config, validate_overrides
 from optbench.errors import ConfigError
 from optbench.gan_trainer import trainer_class
@@ -150,6 +150,9 @@ NOT_TRICKS = {
     "monitor_mode": "a parameter of monitor",
     "progress": "the terminal only",
     "tensorboard": "tb/ only",
+    "mlflow": "the MLflow store only (test_records.py)",
+    "mlflow_tracking_uri": "a parameter of mlflow",
+    "early_stopping": "when a run ends (test_early_stopping.py)",
 }
 
 # Combinations a workload cannot honour: refused before compute, naming the key.

@@ -17,6 +17,7 @@ from conftest import read_metrics, read_summary, run_cli, run_dirs
 from optbench.checkpoint import load
 from optbench.cli import main
 from optbench.config import job_config
+from optbench.hparams import SESSION_FILE
 from optbench.trainer import Trainer
 
 pytestmark = pytest.mark.slow
@@ -66,8 +67,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(ddp_run, tmp_pa
             if key in want:
                 assert got[key] == pytest.approx(want[key], rel=1e-5), (got, want)
     assert lines[0]["lr"] == pytest.approx(1e-3 * 64 / 256)  # linear scaling, the same as in one process
-    # TensorBoard files of one process (the curves and the HParams record): events.out.tfevents.T.HOST.PID.N
-    writers = {path.name.rsplit(".", 2)[1] for path in (ddp_run / "tb").iterdir()}
+    # TensorBoard files of one process (the curves; the HParams session is a file of its own):
+    # events.out.tfevents.T.HOST.PID.N in tb/<run name>/
+    writers = {path.name.rsplit(".", 2)[1] for path in (ddp_run / "tb").glob("*/events.out.tfevents.*")
+               if path.name != SESSION_FILE}
     assert len(writers) == 1, writers
     log = (ddp_run / "optbench.log").read_text()
     assert log.count("optimizer.lr_scaling=linear") == 1 and "2 process(es) x 32" in log

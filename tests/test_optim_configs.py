@@ -18,7 +18,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from optbench.build import locate, optimizer_from
+from optbench.build import optimizer_from
+from optbench.targets import import_path as locate
 from optbench.config import compose
 from optbench.paths import configs_dir
 

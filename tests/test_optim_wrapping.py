@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from optbench.build import locate, optimizer_from
+from optbench.build import optimizer_from
+from optbench.targets import import_path as locate
 from optbench.optim import wrapping
 from optbench.paths import configs_dir
 from test_optim_configs import NAMES, optimizer_node

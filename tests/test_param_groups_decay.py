@@ -33,12 +33,14 @@ MODELS = {
     "resnet": ["data=synthetic", "data.input_shape=[3,8,8]", "data.train_size=64", "data.val_size=16"],
     "resnet18": ["data=synthetic", "data.input_shape=[3,8,8]", "data.train_size=64", "data.val_size=16"],
     "rnn": ["data=counting", "data.train_size=64", "data.val_size=16", "model.embed_dim=8", "model.hidden=8"],
+    "timm": ["model.model_name=resnet10t"],
+    "torchvision": ["data=synthetic", "data.input_shape=[3,8,8]", "data.train_size=64", "data.val_size=16"],
     "tv_resnet": ["data=synthetic", "data.input_shape=[3,8,8]", "data.train_size=64", "data.val_size=16",
                   "model.arch=resnet18"],
     "tv_vit": ["data=synthetic", "data.input_shape=[3,8,8]", "data.train_size=64", "data.val_size=16",
                "model.patch_size=4", "model.num_layers=1", "model.num_heads=2", "model.hidden_dim=8",
                "model.mlp_dim=8"],
-    "vit": ["data=synthetic", "data.input_shape=[3,8,8]", "data.train_size=64", "data.val_size=16",
+    "vit": ["data=synthetic", "data.input_shape=[3,8,8]", "data.train_size=64", "data.val_size=16", "data.batch_size=16",
             "model.depth=1", "model.dim=8", "model.heads=2"],
 }
 PRESETS = sorted(p.stem for p in (configs_dir() / "params").glob("*.yaml"))

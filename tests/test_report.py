@@ -83,7 +83,8 @@ def test_report_writes_table_csv_pngs_and_self_contained_html(tmp_path: Path, ca
 
     page = Structure()
     page.feed((out / "report.html").read_text())
-    assert page.tags.count("table") == 3 and page.tags.count("img") == 2
+    # The settings all runs share, then the three result tables (these fake runs record no provenance).
+    assert page.tags.count("table") == 4 and page.tags.count("img") == 2
     assert all(src.startswith("data:image/png;base64,") for src in page.sources)  # nothing outside the file
 
 
@@ -140,3 +141,18 @@ def test_report_on_real_runs(tmp_path: Path) -> None:
     assert float(rows[0]["optimizer state (MiB)"]) > 0 == float(rows[1]["optimizer state (MiB)"])
     assert all(math.isfinite(float(r["best val/acc"])) for r in rows)
     assert re.search(r"<td>adamw</td>", (tmp_path / "rep" / "report.html").read_text())
+
+
+def test_curve_legend_counts_seeds_not_runs(tmp_path: Path) -> None:
+    """A legend entry names its configuration and how many seeds its line averages: the same seed
+    run twice is two runs of one seed, not two seeds."""
+    from optbench.commands.report import draw_figures
+
+    for name, optimizer, seed in [("a", "sgd", 0), ("b", "sgd", 0), ("c", "sgd", 1), ("d", "adamw", 0),
+                                  ("e", "adamw", 1), ("f", "lion", 0)]:
+        fake_run(tmp_path / name, [f"optimizer={optimizer}", f"trainer.seed={seed}"], 0.5)
+    runs = find_runs([tmp_path])
+    figure = draw_figures(runs, varied_keys(runs), ACC, [], None)["curves.png"]
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "optimizer=sgd (3 runs, 2 seeds)", "optimizer=adamw (2 seeds)", "optimizer=lion"]

@@ -69,7 +69,7 @@ def test_runs_table_is_ranked_with_unique_run_names(tmp_path: Path) -> None:
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert [r["run"] for r in rows] == ["a/1", "b/0", "a/2", "b/1", "a/0", "a/3"]  # the failed run last
     assert [r["best val/acc"] for r in rows] == ["0.9", "0.8", "0.7", "0.6", "0.5", "nan"]
-    assert "Runs are ranked by <code>val/acc</code>" in (out / "report.html").read_text()
+    assert "Rows of the runs table are ordered by best <code>val/acc</code>, highest first" in (out / "report.html").read_text()
 
 
 def test_varied_keys_compare_resolved_values_not_override_strings(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def test_run_folder_has_every_contract_file(tiny_run):
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.jsonl", "summary.json",
                  "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (tiny_run / name).is_file(), name
-    assert list((tiny_run / "tb").glob("events.out.tfevents.*"))
+    assert list((tiny_run / "tb").glob("*/events.out.tfevents.*"))  # tb/<run name>/
 
 
 def test_metrics_jsonl_lines(tiny_run):
@@ -64,7 +64,8 @@ def test_summary_json(tiny_run):
 
 
 def test_tensorboard_has_contract_tags(tiny_run):
-    events = EventAccumulator(str(tiny_run / "tb"))
+    (run_tb,) = (tiny_run / "tb").iterdir()  # named after the run's overrides
+    events = EventAccumulator(str(run_tb))
     events.Reload()
     assert CONTRACT_TB_TAGS <= set(events.Tags()["scalars"])
 

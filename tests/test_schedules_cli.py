@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_hex
 from matplotlib.image import imread
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -15,6 +16,7 @@ from optbench.build import build_scheduler
 from optbench.cli import main
 from optbench.config import compose
 from optbench.commands.schedules import draw, read_csv
+from optbench.paths import configs_dir
 from optbench.trainer import Trainer
 
 FIVE = "scheduler=step,exponential,cosine,onecycle,warmup_cosine"
@@ -55,6 +57,19 @@ def test_five_schedules_of_10k_steps_csv_is_the_png(workdir):
     redrawn = workdir / "redrawn.png"
     draw(columns, log_scale=True).savefig(redrawn, dpi=150)
     assert np.array_equal(imread(workdir / "plot" / "schedules.png"), imread(redrawn))
+
+
+def test_every_schedule_drawn_together_has_a_line_style_of_its_own(workdir):
+    names = sorted(p.stem for p in (configs_dir() / "scheduler").glob("*.yaml"))
+    assert len(names) >= 13
+    assert main(["schedules", f"scheduler={','.join(names)}", "optimizer=sgd", "trainer.max_steps=100",
+                 "--out", str(workdir / "plot")]) == 0
+    figure = draw(read_csv(workdir / "plot" / "schedules.csv"), log_scale=False)  # the PNG's drawing
+    for axis in figure.axes:
+        styles = [(to_hex(line.get_color()), line.get_linestyle()) for line in axis.get_lines()]
+        assert len(set(styles)) == len(styles), styles
+    lr_lines = figure.axes[0].get_lines()
+    assert sorted(line.get_label() for line in lr_lines) == names
 
 
 def test_schedules_warns_about_what_cannot_be_meant(workdir):
@@ -125,7 +140,8 @@ def test_a_run_logs_the_lr_and_cycled_momentum_each_step_used(tmp_path):
     assert [m["step"] for m in lines] == list(range(1, 13))
     assert [m["lr"] for m in lines] == expected["lr"]
     assert [m["momentum"] for m in lines] == expected["momentum"]
-    events = EventAccumulator(str(tmp_path / "tb"))
+    (run_tb,) = (tmp_path / "tb").iterdir()  # tb/<run name>/
+    events = EventAccumulator(str(run_tb))
     events.Reload()
     assert {"lr/no_decay", "momentum/no_decay"} <= set(events.Tags()["scalars"])
     assert [e.value for e in events.Scalars("momentum/no_decay")] == pytest.approx(expected["momentum"])

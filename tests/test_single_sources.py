@@ -12,7 +12,8 @@ from omegaconf import open_dict
 
 import optbench.build
 from conftest import TINY, read_metrics, run_cli, run_dirs
-from optbench.build import build_data, build_model, build_optimizer, build_param_groups, build_scheduler, locate
+from optbench.build import build_data, build_model, build_optimizer, build_param_groups, build_scheduler
+from optbench.targets import import_path as locate
 from optbench.config import compose
 from optbench.errors import ConfigError
 from optbench.lr_scaling import planned_batch, scaled_lr, scaled_optimizer

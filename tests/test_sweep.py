@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import TINY, read_metrics, read_summary, run_cli
@@ -117,30 +118,31 @@ def test_the_folder_of_another_sweep_is_refused(failed_sweep, faulty_env, monkey
     assert snapshot(sweep_dir) == before
 
 
-def test_every_finished_job_logs_its_hyperparameters_for_tensorboard(failed_sweep):
+def test_every_job_logs_its_hyperparameters_and_status_for_tensorboard(failed_sweep):
     _, _, _, sweep_dir = failed_sweep
-    for job in ("0", "1", "2"):
-        events = EventAccumulator(str(sweep_dir / job / "tb"))
+    varied = {"0": ("0.0", "0"), "1": ("0.0", "1"), "2": ("0.1", "0"), "3": ("0.1", "1")}
+    for job, (dropout, seed) in varied.items():
+        summary = read_summary(sweep_dir / job)
+        (run_tb,) = (sweep_dir / job / "tb").iterdir()
+        assert run_tb.name == f"model.dropout={dropout},trainer.seed={seed}"  # the keys the sweep varies
+        events = EventAccumulator(str(run_tb))
         events.Reload()
         plugin = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
         start = hparams_metadata.parse_session_start_info_plugin_data(plugin[hparams_metadata.SESSION_START_INFO_TAG])
         hparams = {k: v.string_value or v.number_value for k, v in start.hparams.items()}
-        summary = read_summary(sweep_dir / job)
-        config = summary["config"]
-        # The varied keys (not the constant ones), plus optimizer name, lr, weight decay, batch size.
-        assert hparams == {"optimizer": "adamw", "optimizer.lr": pytest.approx(config["optimizer"]["lr"]),
-                           "optimizer.weight_decay": pytest.approx(config["optimizer"]["weight_decay"]),
-                           "data.batch_size": config["data"]["batch_size"],
-                           "model.dropout": config["model"]["dropout"], "trainer.seed": config["trainer"]["seed"]}
-        experiment = hparams_metadata.parse_experiment_plugin_data(plugin[hparams_metadata.EXPERIMENT_TAG])
-        metric_tags = {m.name.tag for m in experiment.metric_infos}
-        assert {"final/val/acc", "best/val/acc", "final/train/loss"} <= metric_tags
-        acc = events.Scalars("best/val/acc")[-1]
-        assert acc.value == pytest.approx(summary["best"]["val/acc"]) and acc.step == 6
-    failed = EventAccumulator(str(sweep_dir / "3" / "tb"))
-    failed.Reload()
-    with pytest.raises(KeyError):  # a failed job has no final metrics: no row in the table
-        failed.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+        end = hparams_metadata.parse_session_end_info_plugin_data(plugin[hparams_metadata.SESSION_END_INFO_TAG])
+        # The varied keys (not the constant ones), plus optimizer name, lr, weight decay, batch size, status.
+        assert hparams == {"optimizer": "adamw", "optimizer.lr": pytest.approx(1e-3),
+                           "optimizer.weight_decay": pytest.approx(0.01), "data.batch_size": 128,
+                           "model.dropout": float(dropout), "trainer.seed": float(seed), "status": summary["status"]}
+        # No experiment record: TensorBoard takes the columns from the union of all runs' hparams.
+        assert hparams_metadata.EXPERIMENT_TAG not in plugin
+        if job != "3":
+            assert summary["status"] == "completed" and end.status == api_pb2.STATUS_SUCCESS
+            acc = events.Scalars("best/val/acc")[-1]
+            assert acc.value == pytest.approx(summary["best"]["val/acc"]) and acc.step == 6
+        else:  # the failed job has its row too, and says so
+            assert summary["status"] == "failed" and end.status == api_pb2.STATUS_FAILURE
 
 
 def test_a_stopped_sweep_resumes_its_interrupted_job(tmp_path, faulty_env):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import torch
 from optbench.build import optimizer_from
 from optbench.cli import main
 from optbench.config import compose
-from optbench.commands.toy import PROBLEMS, losses, optimizer_configs, steps_to, trajectory
+from optbench.commands.toy import PROBLEMS, draw, losses, optimizer_configs, steps_to, trajectory
 
 
 def steps_on(function: str, optimizer: str, steps: int = 300) -> int | None:
@@ -55,6 +57,37 @@ def test_toy_cli_writes_plot_and_table(tmp_path: Path, capsys: pytest.CaptureFix
     assert (tmp_path / "toy.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["toy", "optimizer=nosuch", "--out", str(tmp_path)]) == 2
     assert "optimizer=nosuch" in capsys.readouterr().err
+
+
+def toy_figure(function: str, optimizers: list[str], steps: int):
+    problem = PROBLEMS[function]
+    runs = {label: trajectory(problem, node, steps)
+            for label, node in optimizer_configs(problem, [f"optimizer={','.join(optimizers)}"])}
+    figure = draw(problem, function, runs)
+    figure.savefig(io.BytesIO(), format="png")  # lays out the ticks and their labels
+    return figure
+
+
+def test_toy_contours_are_drawn_to_scale_with_labelled_axes_and_plain_colour_bar_ticks() -> None:
+    axis, colorbar = toy_figure("ravine", ["sgd"], 20).axes
+    assert axis.get_aspect() == 1.0  # one unit of x as long as one of y: the ravine looks narrow
+    assert (axis.get_xlabel(), axis.get_ylabel()) == ("x", "y")
+    ticks = [t.get_text() for t in colorbar.get_yticklabels() if t.get_text()]
+    # Decades written as plain numbers (not 1.00383x10^-1), the range of f on the ravine among them.
+    assert {"0.01", "0.1", "1", "10"} <= set(ticks) and all(re.fullmatch(r"\d+(\.\d+)?", t) for t in ticks), ticks
+
+
+def test_sgd_stays_visible_where_momentum_follows_the_same_rosenbrock_valley() -> None:
+    axis = toy_figure("rosenbrock", ["sgd", "momentum"], 1000).axes[0]
+    legend = axis.get_legend()
+    paths = {text.get_text(): handle for text, handle in zip(legend.get_texts(), legend.legend_handles)}
+    drawn = [line for line in axis.get_lines() if line.get_linestyle() != "None"]  # the paths, in drawing order
+    by_colour = {line.get_color(): line for line in drawn}
+    sgd, momentum = (by_colour[paths[f"optimizer={name}"].get_color()] for name in ("sgd", "momentum"))
+    # Momentum travels further and lies underneath, wider: SGD's narrower line on top stays in sight.
+    assert drawn.index(sgd) > drawn.index(momentum)
+    assert sgd.get_linewidth() < momentum.get_linewidth()
+    assert list(paths) == ["optimizer=sgd", "optimizer=momentum", "start"]  # the legend keeps the command's order
 
 
 def test_toy_table_puts_momentum_and_nesterov_ahead_of_sgd_on_the_ravine(tmp_path: Path) -> None:

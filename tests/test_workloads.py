@@ -54,7 +54,7 @@ PAIRS = {
                        "data.val_size=8"],
     "vanilla_rnn_lm": ["model=rnn", "model.cell=rnn", "model.hidden=32", "data=chars", "data.max_chars=20000"],
     "small_vit": ["model=vit", "model.dim=32", "model.depth=1", "model.heads=2", "data=synthetic",
-                  "data.train_size=32", "data.val_size=8"],
+                  "data.train_size=32", "data.val_size=8", "data.batch_size=16"],
     "tv_resnet34": ["model=tv_resnet", "model.arch=resnet34", "data=synthetic", "data.train_size=16",
                     "data.val_size=8", "data.batch_size=8"],
 }

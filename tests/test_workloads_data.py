@@ -1,9 +1,12 @@
 """The DataLoader-based image data on tiny fake files: torchvision's CIFAR format, ImageFolder
-layout; and what a missing or wrong data set says."""
+layout; what a missing or wrong data set says; and the shipped text, the same on every machine."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
+import sysconfig
 import urllib.error
 
 import numpy as np
@@ -13,6 +16,8 @@ import torchvision
 from PIL import Image
 
 from conftest import run_cli
+from optbench.datasets import text
+from optbench.datasets.text import chars, code_topics
 from optbench.datasets.vision import cifar, imagenet
 from optbench.errors import ConfigError
 
@@ -99,3 +104,53 @@ def test_missing_data_root_exits_2_with_where_it_looked(workdir):
     result = run_cli("run", "data=cifar10", f"data.root={workdir / 'none'}", "trainer.max_steps=1", cwd=workdir)
     assert result.returncode == 2
     assert "looked for" in result.stderr and "Traceback" not in result.stderr
+
+
+# The shipped text's archive and the tokens it gives: every text figure in the README follows them.
+SNAPSHOT_SHA256 = "5f0997cde46c03c425a5e2c7127a75b56d4a11a0743a57968b1146c54f2faa7f"
+CHARS_TOKENS = "ed3daffd043c2dca7547a2a9fbd10ab2704400bdbf9c8178e4ccfd8ba5277b2e"
+CODE_TOPICS_TOKENS = "068a239ff212ffdce1ed0ba99aa1536ba4b2988cd8d8813c4861f938f5396565"
+
+
+def tokens_digest(data) -> str:
+    """SHA-256 of a data set's inputs and labels, one byte each (every value is below 256)."""
+    tensors = (data.x_train, data.y_train, data.x_val, data.y_val)
+    return hashlib.sha256(b"".join(t.to(torch.uint8).numpy().tobytes() for t in tensors)).hexdigest()
+
+
+def test_text_data_are_the_pinned_tokens_whatever_the_local_python(monkeypatch, tmp_path):
+    # The local standard library is not read: pointed at an empty folder, the tokens do not change.
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {"stdlib": str(tmp_path), "purelib": str(tmp_path)})
+    assert tokens_digest(chars()) == CHARS_TOKENS
+    assert tokens_digest(code_topics()) == CODE_TOPICS_TOKENS
+
+
+def test_a_changed_text_snapshot_is_refused(monkeypatch, tmp_path):
+    damaged = tmp_path / text.SNAPSHOT.name
+    raw = bytearray(text.SNAPSHOT.read_bytes())
+    raw[-100] ^= 1
+    damaged.write_bytes(raw)
+    monkeypatch.setattr(text, "SNAPSHOT", damaged)
+    text.snapshot.cache_clear()
+    with pytest.raises(ConfigError, match=f"has SHA-256 [0-9a-f]{{64}}, not the {SNAPSHOT_SHA256}"):
+        chars()
+    text.snapshot.cache_clear()  # the real archive is read again by later tests
+
+
+def test_code_topics_refuses_more_snippets_than_the_snapshot_holds():
+    with pytest.raises(ConfigError, match="data.per_class=4001: .* allowed: at most 4000"):
+        code_topics(per_class=4001, seq_len=64)
+
+
+def test_a_text_run_records_the_data_checksum_and_refuses_more_text_than_shipped(workdir):
+    result = run_cli("run", "model=rnn", "model.hidden=16", "data=chars", "data.max_chars=5000", "data.seq_len=16",
+                     "data.batch_size=8", "trainer.max_steps=2", "hydra.run.dir=run", "trainer.progress=false",
+                     cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((workdir / "run" / "summary.json").read_text())
+    assert summary["data"] == {"source": "optbench/datasets/python_source.tar.xz", "sha256": SNAPSHOT_SHA256}
+
+    result = run_cli("run", "model=rnn", "data=chars", "data.max_chars=1000001", "hydra.run.dir=refused", cwd=workdir)
+    assert result.returncode == 2
+    assert "data.max_chars=1000001" in result.stderr and "<= 1e+06" in result.stderr
+    assert "Traceback" not in result.stderr and not (workdir / "refused").exists()

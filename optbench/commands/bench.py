@@ -127,8 +127,9 @@ def candidates(names: list[str], params: list[Any], skipped: dict[str, str]) -> 
     `skipped` (what: why) instead."""
     import torch
 
-    from optbench.build import accepted, arguments, call_with_context, locate, optimizer_from
+    from optbench.build import accepted, arguments, call_with_context, optimizer_from
     from optbench.config import compose
+    from optbench.targets import resolve
 
     found = [
         Candidate("adamw (baseline)", "torch fused", torch.optim.AdamW(params, lr=1e-3, fused=True)),
@@ -147,7 +148,7 @@ def candidates(names: list[str], params: list[Any], skipped: dict[str, str]) -> 
         settings = {k: v for k, v in arguments(node).items() if k in SHARED_SETTINGS}
         for library, path in REFERENCES.get(name, []):
             try:
-                cls = locate(path)
+                cls = resolve(path, "optimizer")
             except ImportError as e:
                 skipped[f"{name} ({library})"] = f"not installed: {e}"
                 continue

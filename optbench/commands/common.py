@@ -8,8 +8,10 @@ use the override parsing, and `optbench --help` imports this before any command 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import ParamSpec
 
 from optbench.errors import ConfigError
-from optbench.paths import configs_dir
+from optbench.paths import configs_dir, recipes_dir
 
 P = ParamSpec("P")
 
@@ -66,6 +68,31 @@ def timestamped_output(kind: str) -> Path:
     """`outputs/<kind>/<date>/<time>` under the current folder, not yet created: a command makes
     it once its input has been checked, so that bad input leaves no folder behind."""
     return Path("outputs", kind, datetime.now().strftime(TIMESTAMP))
+
+
+def writable_folder(key: str, path: Path | str) -> Path:
+    """The folder `path` names, if a command can create it (or write into it), else a ConfigError
+    naming `key`: checked before any compute, and without creating it, so that bad input leaves
+    nothing behind. `key` is what named it (`--out`, `hydra.run.dir`)."""
+    text = str(path)
+    if not text.strip():
+        raise ConfigError(f"{key}={text!r}: empty; name a folder (an empty one would write into the current folder).")
+    folder = Path(text).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{key}={text}: that is a file, not a folder; name a folder (a new one is created).")
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}={text}: that folder is not writable here; choose another.")
+        return folder
+    existing = next(p for p in folder.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={text}: {existing} is a file, so no folder can be made under it; choose another.")
+    try:  # the one test that the file system agrees with (read-only mounts, /proc, permissions as root)
+        os.rmdir(tempfile.mkdtemp(prefix=".optbench-probe-", dir=existing))
+    except OSError as e:
+        raise ConfigError(f"{key}={text}: no folder can be made in {existing} ({e.strerror}); "
+                          f"choose a writable place.") from None
+    return folder
 
 
 def override_key(override: str) -> str:
@@ -174,3 +201,33 @@ def _folder(flag: str, path: str) -> str:
     if not os.path.isdir(folder):
         raise ConfigError(f"{flag}={path}: no such folder ({folder}).")
     return folder
+
+
+def config_folder(path: str) -> Path | None:
+    """The folder of a config search path entry: a folder, or a package's (`pkg://a.b`) found
+    without importing it; None where there is none."""
+    if not path.startswith("pkg://"):
+        return Path(path)
+    spec = importlib.util.find_spec(path.removeprefix("pkg://").strip("/").replace("/", "."))
+    folders = spec.submodule_search_locations if spec is not None else None
+    return Path(folders[0]) if folders else None
+
+
+def group_options(source: ConfigSource = ConfigSource()) -> dict[str, list[str]]:
+    """Every config group that `optbench run` can choose from, with its options, as Hydra lists them
+    (nested groups as `a/b`, Hydra's own `hydra/...` left out), read from the config folders.
+
+    Hydra's `get_group_options` builds a new config repository for each group (deep copies of
+    every stored recipe with it): seconds for `run --help`, where reading the folders takes
+    milliseconds. The search path is Hydra's: --config-dir, the primary folder, then the recipes.
+    """
+    options: dict[str, set[str]] = {"recipe": {p.stem for p in recipes_dir().glob("*.yaml")}}
+    for path in (source.config_dir, source.primary_path):
+        root = None if path is None else config_folder(path)
+        if root is None or not root.is_dir():
+            continue
+        for config in root.rglob("*.yaml"):
+            group = config.parent.relative_to(root).as_posix()
+            if group != "." and group.split("/")[0] != "hydra":
+                options.setdefault(group, set()).add(config.stem)
+    return {group: sorted(names) for group, names in sorted(options.items())}

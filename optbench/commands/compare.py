@@ -33,7 +33,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from optbench.build import inner_components
-from optbench.commands.common import is_hydra_setting, override_key, reports_bad_input, timestamped_output
+from optbench.commands.common import (is_hydra_setting, override_key, reports_bad_input, timestamped_output,
+                                     writable_folder)
 from optbench.errors import ConfigError
 from optbench.finished_runs import SEED_KEY, Run, RankingMetric, find_runs
 
@@ -199,6 +200,7 @@ def split_arguments(args: list[str]) -> tuple[Path, list[str], list[str], list[s
 
 def open_folder(folder: Path, plan: dict[str, Any]) -> None:
     """Write the plan, or check that a folder being continued was made by the same plan."""
+    writable_folder(SWEEP_DIR_KEY, folder)
     path = folder / PLAN
     if path.exists():
         earlier = json.loads(path.read_text())
@@ -298,8 +300,9 @@ def write_results(folder: Path, plan: dict[str, Any], winners: dict[str, list[st
     stored["results"] = [dict(zip(header, row)) for row in rows]
     plan_path.write_text(json.dumps(stored, indent=2) + "\n")
     write_csv((header, rows), folder / "compare.csv")
-    Console().print(rich_table(f"Equal-budget comparison ({plan['budget']['trials']} trials each, "
-                               f"best trial over {plan['budget']['seeds']} seeds)", (header, rows)))
+    console = Console()
+    console.print(rich_table(f"Equal-budget comparison ({plan['budget']['trials']} trials each, "
+                             f"best trial over {plan['budget']['seeds']} seeds)", (header, rows), console))
     if seed_runs:
         (folder / "report").mkdir(exist_ok=True)
         for path in write_report(seed_runs, folder / "report"):

@@ -7,7 +7,9 @@ set's shape, no training) so that a user sees what a rule set does before spendi
 
 from __future__ import annotations
 
-from optbench.commands.common import reports_bad_input
+import difflib
+
+from optbench.commands.common import Invocation, group_options, reports_bad_input
 from optbench.errors import ConfigError
 
 # `optbench list` topics -> config group folders ("recipe" is the recipes/ folder).
@@ -24,17 +26,24 @@ LIST_TOPICS = {
 }
 
 
+def list_topic(name: str) -> str:
+    """The `optbench list` topic that `name` means: a topic (`optimizers`) or its group's name
+    (`optimizer`, as in optimizer=NAME); anything else is refused with the closest topic."""
+    groups = {group: topic for topic, group in LIST_TOPICS.items()}
+    if name in LIST_TOPICS or name in groups:
+        return groups.get(name, name)
+    close = difflib.get_close_matches(name, [*LIST_TOPICS, *groups, "param-groups"], n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"list {name}: no such topic.{hint} Choose from: {', '.join([*LIST_TOPICS, 'param-groups'])}.")
+
+
 @reports_bad_input
 def list_options(args: list[str]) -> int:
     from optbench.paths import configs_dir, describe, recipes_dir
 
     if args[:1] == ["param-groups"]:
         return print_param_groups(args[1:])
-    topics = args or list(LIST_TOPICS)
-    unknown = [t for t in topics if t not in LIST_TOPICS]
-    if unknown:
-        topics_text = ", ".join([*LIST_TOPICS, "param-groups"])
-        raise ConfigError(f"list {unknown[0]}: no such topic. Choose from: {topics_text}.")
+    topics = [list_topic(t) for t in args] or list(LIST_TOPICS)
     for topic in topics:
         group = LIST_TOPICS[topic]
         folder = recipes_dir() if group == "recipe" else configs_dir() / group
@@ -43,6 +52,30 @@ def list_options(args: list[str]) -> int:
         width = max((len(f.stem) for f in files), default=0)
         for path in files:
             print(f"  {path.stem:<{width}}  {describe(path)}")
+    return 0
+
+
+def run_help(invocation: Invocation) -> int:
+    """`optbench run --help`: Hydra's app help (its template, flags and composed config), with the
+    config groups read from the folders (`group_options`) instead of Hydra's slow listing."""
+    import string
+
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import get_args_parser
+    from omegaconf import OmegaConf, open_dict
+
+    from optbench.config import compose
+
+    cfg = compose(list(invocation.overrides), invocation.source)
+    template = cfg.hydra.help.template
+    with open_dict(cfg):
+        del cfg["hydra"]
+    groups = "".join(f"{group}: {', '.join(names)}\n" for group, names in group_options(invocation.source).items())
+    print(string.Template(template).safe_substitute(
+        FLAGS_HELP=Hydra.format_args_help(get_args_parser()),
+        APP_CONFIG_GROUPS=groups,
+        HYDRA_CONFIG_GROUPS="(optbench run --hydra-help lists Hydra's own groups)\n",
+        CONFIG=OmegaConf.to_yaml(cfg, resolve="--resolve" in invocation.flags)))
     return 0
 
 

@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optbench.commands.common import Invocation, reports_bad_input, timestamped_output
+from optbench.commands.common import Invocation, reports_bad_input, timestamped_output, writable_folder
 from optbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ def main(args: list[str]) -> int:
              if (value := getattr(options, name)) is not None]
     invocation = Invocation.parse([*flags, *options.overrides])
     out = options.out or timestamped_output("lr_find")
+    writable_folder("--out", out)
     if not 0 < options.start < options.end:
         raise ConfigError(f"--start={options.start} --end={options.end}: need 0 < start < end.")
     if options.steps < 5 or not 0 <= options.smoothing < 1:
@@ -122,6 +123,10 @@ def unused_settings(trainer: Trainer) -> dict[str, str]:
         unused["trainer.ema.decay"] = "the test measures the loss of the weights it trains, not of their average"
     if trainer.tc.diagnostics_every is not None:
         unused["trainer.diagnostics_every"] = "the test records the loss at each LR only"
+    if trainer.tc.early_stopping.patience is not None:
+        unused["trainer.early_stopping.patience"] = "the test runs all of its --steps"
+    if trainer.tc.mlflow:
+        unused["trainer.mlflow"] = "the test writes lr_find.csv, .png and .json only"
     return unused
 
 

@@ -19,16 +19,19 @@ import math
 import statistics
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optbench.commands.common import reports_bad_input
+from optbench.commands.common import reports_bad_input, writable_folder
 from optbench.profiles import TAU_MAX, Profiles, optimizer_groups, performance_profiles
 from optbench.finished_runs import (LR_KEY, SEED_KEY, Run, RankingMetric, find_runs, group_runs, label, run_names,
                                     shown, varied_keys)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from rich.console import Console
+    from rich.table import Table as RichTable
 
 # An LR counts as "as good as the best" when its metric is within this fraction of the best one.
 ROBUST_TOLERANCE = 0.05
@@ -58,6 +61,8 @@ def parse_args(args: list[str]) -> argparse.Namespace:
 @reports_bad_input
 def main(args: list[str]) -> int:
     options = parse_args(args)
+    if options.out is not None:
+        writable_folder("--out", options.out)
     runs = find_runs(options.paths)
     out = options.out or options.paths[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -95,9 +100,9 @@ def write_report(runs: list[Run], out: Path, target_value: float | None = None) 
 
     console = Console()
     for title, table in tables.items():
-        console.print(rich_table(title, table))
+        console.print(rich_table(title, table, console))
     html_path = out / "report.html"
-    html_path.write_text(render_html(tables, [out / name for name in figures], target))
+    html_path.write_text(render_html(tables, [out / name for name in figures], target, runs))
     return [csv_path, *(out / name for name in figures), html_path]
 
 
@@ -299,27 +304,76 @@ def write_csv(table: Table, path: Path) -> None:
         writer.writerows(rows)
 
 
-def rich_table(title: str, table: Table) -> Any:
+# The columns that a narrow terminal leaves out, first to last (report.csv and report.html keep all).
+DROPPED_FIRST = ("peak memory (MiB)", "optimizer state (MiB)", "time to target (s)", "samples/s",
+                 "final train/loss", "steps", "status", "rho(1): wins", "robustness (decades)", "p-value")
+
+
+def rich_table(title: str, table: Table, console: Console) -> RichTable:
+    """`table` for the terminal, as wide as `console` at most: labels wrap, a dotted key shows its
+    last part where that is unambiguous, and columns are left out in the order of DROPPED_FIRST
+    until the rest fits without breaking a word (the caption names them); a cell is never cut."""
     from rich.table import Table as RichTable
 
     header, rows = table
-    view = RichTable(title=title)
-    for name in header:
-        view.add_column(name)
+    ends = [name.rsplit(".", 1)[-1] for name in header]
+    labels = [end if ends.count(end) == 1 else name for name, end in zip(header, ends)]  # optimizer.lr -> lr
+    columns = [[labels[i], *(str(row[i]) for row in rows)] for i in range(len(header))]
+    droppable = [header.index(name) for name in DROPPED_FIRST if name in header]
+    kept = list(range(len(header)))
+    while _table_width([_longest_word(columns[i]) for i in kept]) > console.width and droppable:
+        kept.remove(droppable.pop(0))
+    dropped = [name for i, name in enumerate(header) if i not in kept]
+    caption = f"not shown at this width: {', '.join(dropped)} (report.csv and report.html have them)" if dropped else None
+    view = RichTable(title=title, caption=caption, caption_justify="left")
+    for i, width in zip(kept, _column_widths([columns[i] for i in kept], console.width)):
+        view.add_column(labels[i], width=width, overflow="fold")  # were it still too narrow: fold, never cut
     for row in rows:
-        view.add_row(*(str(v) for v in row))
+        view.add_row(*(str(row[i]) for i in kept))
     return view
 
 
-def render_html(tables: dict[str, Table], images: list[Path], target: RankingMetric) -> str:
-    """One HTML page, with nothing outside it: tables as <table>, PNGs as base64 data URIs."""
+def _column_widths(columns: list[list[str]], width: int) -> list[int]:
+    """Each column's width within `width`: as wide as its longest cell, the widest narrowed first,
+    none below its longest word. (rich's own fitting narrows columns evenly, cutting numbers.)"""
+    from rich.cells import cell_len
+
+    least = [_longest_word(column) for column in columns]
+    widths = [max(map(cell_len, column)) for column in columns]
+    while _table_width(widths) > width:
+        wide = [i for i, w in enumerate(widths) if w > least[i]]
+        if not wide:
+            break
+        widths[max(wide, key=widths.__getitem__)] -= 1
+    return widths
+
+
+def _longest_word(cells: list[str]) -> int:
+    from rich.cells import cell_len
+
+    return max((cell_len(word) for cell in cells for word in cell.split()), default=1)
+
+
+def _table_width(widths: list[int]) -> int:
+    """A table's width with these column widths: rich's default box, one space of padding a side."""
+    return 1 + sum(3 + w for w in widths)
+
+
+def render_html(tables: dict[str, Table], images: list[Path], target: RankingMetric, runs: list[Run]) -> str:
+    """One HTML page, with nothing outside it: how the results were made (date, row order, the
+    settings every run shares, commands and environments), tables as <table>, PNGs as base64 data URIs."""
     parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>optbench report</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style>",
              "</head><body>", "<h1>optbench report</h1>",
-             f"<p>Runs are ranked by <code>{html.escape(target.name)}</code> "
-             f"({'higher' if target.maximize else 'lower'} is better).</p>"]
-    for title, (header, rows) in tables.items():
+             f"<p>Made {html.escape(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))} from "
+             f"{len(runs)} run(s). Rows of the runs table are ordered by best <code>{html.escape(target.name)}</code>, "
+             f"{'highest' if target.maximize else 'lowest'} first ({'higher' if target.maximize else 'lower'} "
+             f"is better); runs that did not complete come last, in folder order.</p>"]
+    provenance = {"Settings shared by every run": shared_settings(runs), **provenance_tables(runs)}
+    for title, (header, rows) in {**provenance, **tables}.items():
+        if not rows:
+            continue
         parts.append(f"<h2>{html.escape(title)}</h2><table>")
         parts.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
         for row in rows:
@@ -331,6 +385,46 @@ def render_html(tables: dict[str, Table], images: list[Path], target: RankingMet
                      f"src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+# What a comparison holds fixed, when every run has the same value (config groups by option name).
+SHARED_KEYS = ("model", "data", "optimizer", "scheduler", "trainer.max_steps", "trainer.epochs",
+               "data.batch_size", "trainer.accumulation_steps", "trainer.precision", "trainer.device")
+
+
+def shared_settings(runs: list[Run]) -> Table:
+    """The settings in SHARED_KEYS, and the steps run, that every run has the same value of."""
+    rows = []
+    for key in SHARED_KEYS:
+        values = {shown(run.value(key)) for run in runs}
+        if len(values) == 1 and "" not in values and not (key == "trainer.epochs" and rows[-1][0] == "trainer.max_steps"):
+            rows.append([key, values.pop()])  # (epochs do not count where max_steps is set)
+    steps = {run.summary.get("steps") for run in runs}
+    if len(steps) == 1 and None not in steps:
+        rows.append(["steps run", steps.pop()])
+    return ["setting", "value"], rows
+
+
+def provenance_tables(runs: list[Run]) -> dict[str, Table]:
+    """The commands that made the runs, and the software and machines they ran on, each distinct
+    one once with how many runs it made (summary.json `provenance`; older runs have none)."""
+    commands: dict[str, int] = {}
+    environments: dict[tuple[str, ...], int] = {}
+    for run in runs:
+        record = run.summary.get("provenance")
+        if not record:
+            continue
+        commands[record["command"]] = commands.get(record["command"], 0) + 1
+        git = record.get("git")
+        gpu = record.get("gpu")
+        environment = (record.get("optbench") or "", record["torch"], record.get("cuda") or "none",
+                       f"{git['commit'][:12]}{' (dirty)' if git['dirty'] else ''}" if git else "not a repository",
+                       record.get("host", ""), f"{record['cpu']['model']} x {record['cpu']['count']}",
+                       f"{gpu['model']} x {gpu['count']}" if gpu else "none")
+        environments[environment] = environments.get(environment, 0) + 1
+    return {"Commands": (["command", "runs"], [[c, n] for c, n in commands.items()]),
+            "Environment": (["optbench", "torch", "CUDA", "git commit", "host", "CPU", "GPU", "runs"],
+                            [[*e, n] for e, n in environments.items()])}
 
 
 def _mib(value: Any) -> float | None:

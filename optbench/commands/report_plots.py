@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import textwrap
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from collections.abc import Callable
 
 from optbench.profiles import TAU_MAX, Profiles
-from optbench.finished_runs import Run, RankingMetric
+from optbench.finished_runs import SEED_KEY, Run, RankingMetric
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -19,6 +20,12 @@ if TYPE_CHECKING:
 
 Series = Callable[[Run], dict[int, float]]  # a run's curve: step -> value
 LINE_STYLES = ["-", "--", ":", "-."]  # for groups that share a colour (one optimizer's LRs)
+
+
+def line_styles(keys: list[Any]) -> dict[Any, tuple[str, str]]:
+    """A distinct (colour, line style) per key: matplotlib's 10 colours, then the same colours
+    in the next line style (distinct for up to 40 keys, then they repeat)."""
+    return {key: (f"C{i % 10}", LINE_STYLES[i // 10 % len(LINE_STYLES)]) for i, key in enumerate(keys)}
 
 
 def seed_band(runs: list[Run], curve: Series) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -64,9 +71,8 @@ def draw_curves(groups: dict[str, list[Run]], target: RankingMetric, colours: di
         for group, (steps, mean, low, high) in bands.items():
             if not steps:
                 continue
-            seeds = f" ({len(groups[group])} seeds)" if len(groups[group]) > 1 else ""
-            axis.plot(steps, mean, color=colours[group], linestyle=styles[group], label=f"{group}{seeds}",
-                      linewidth=widths[group])
+            axis.plot(steps, mean, color=colours[group], linestyle=styles[group],
+                      label=legend_entry(group, groups[group]), linewidth=widths[group])
             axis.fill_between(steps, low, high, color=colours[group], alpha=0.2, linewidth=0)
         axis.set_title(title)
         axis.set_xlabel("step")
@@ -75,6 +81,17 @@ def draw_curves(groups: dict[str, list[Run]], target: RankingMetric, colours: di
         axis.grid(True, alpha=0.3)
     legend_below(figure, *figure.axes[0].get_legend_handles_labels())
     return figure
+
+
+def legend_entry(group: str, runs: list[Run]) -> str:
+    """A curve's name and what its line aggregates: its seeds, counted by `trainer.seed` (runs of
+    one seed repeated are not more seeds)."""
+    seeds = len({json.dumps(run.value(SEED_KEY)) for run in runs})
+    if len(runs) == 1:
+        return group
+    if seeds == len(runs):
+        return f"{group} ({seeds} seeds)"
+    return f"{group} ({len(runs)} runs, {seeds} seed{'s' * (seeds > 1)})"
 
 
 def learning_rate(run: Run) -> dict[int, float]:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from optbench import distributed, sweep
-from optbench.commands.common import Invocation, report, reports_bad_input
+from optbench.commands.common import Invocation, override_key, report, reports_bad_input
 from optbench.config import expand_smoke, register_recipes, sweep_choices, validate_overrides
 from optbench.errors import ConfigError
-from optbench.hparams import log_job_hparams
+from optbench.folder_lock import FolderLock
+from optbench.run_folder import RunFolder
 from optbench.sweep import INTERRUPTED  # exit status of a run stopped by a signal
+
+RUN_DIR_KEY = "hydra.run.dir"
 
 
 @reports_bad_input
@@ -28,8 +33,16 @@ def run(args: list[str], rerun_hint: bool = True) -> int:
 
     invocation = _expanded(Invocation.parse(args))
     sweep_dir: Path | None = None
+    run_dir: Path | None = None  # the single run's folder, once validated
     if invocation.shows_only and invocation.multirun:
         invocation = _one_run_to_show(invocation)
+    if {"--shell-completion", "-sc"} & set(invocation.flags):  # Hydra's would complete a command named `run`
+        raise ConfigError("--shell-completion: optbench completes as one command; "
+                          "use `source <(optbench completion bash)` (or zsh, fish).")
+    if {"--help", "-h"} & set(invocation.flags):  # Hydra's app help, without its slow group listing
+        from optbench.commands.listing import run_help
+
+        return run_help(invocation)
     if not invocation.shows_only:
         first = validate_overrides(list(invocation.overrides), invocation.multirun, invocation.source)
         devices = distributed.devices_to_start(first)
@@ -49,6 +62,8 @@ def run(args: list[str], rerun_hint: bool = True) -> int:
         overrides = [*invocation.overrides, *distributed.shared_output_overrides(first)]
         if invocation.multirun:  # the sweep folder and its index, fixed before Hydra launches a job
             overrides, sweep_dir = sweep.prepare(overrides, first)
+        else:
+            overrides, run_dir = _pinned_run_dir(overrides, first)
         invocation = invocation.with_overrides(overrides)
 
     exit_codes: list[int] = []
@@ -58,7 +73,6 @@ def run(args: list[str], rerun_hint: bool = True) -> int:
         if sweep_dir is not None:  # jobs record themselves in sweep.json, in whichever process runs them
             return sweep.run_in_sweep(cfg, run_job, in_launcher_process=os.getpid() == launcher_pid)
         exit_codes.append(run_job(cfg))
-        log_job_hparams(cfg, constant=set())
         if exit_codes[-1] == INTERRUPTED:
             raise SystemExit(INTERRUPTED)
         return None
@@ -67,8 +81,7 @@ def run(args: list[str], rerun_hint: bool = True) -> int:
     main = hydra.main(config_path=source.primary_path, config_name=source.config_name, version_base="1.3")(task)
     sys.argv = ["optbench run", *invocation.argv()]
     if sweep_dir is None:
-        main()
-        return max(exit_codes, default=0)
+        return _run_alone(main, run_dir, exit_codes)
     try:
         main()
         stopped = 0
@@ -87,6 +100,46 @@ def check(args: list[str]) -> int:
     choices = " ".join(f"{k}={chosen[k]}" for k in order if chosen.get(k) is not None)
     print(f"optbench check: the configuration is valid ({choices}).")
     return 0
+
+
+def _pinned_run_dir(overrides: list[str], cfg: DictConfig) -> tuple[list[str], Path]:
+    """`overrides` with hydra.run.dir fixed to one folder, and that folder: the folder that the
+    pre-flight checked and locks is the one Hydra writes (the default's `${now:...}` changes with
+    every read). Under torchrun, rank 0's folder, which `shared_output_overrides` put last."""
+    if distributed.world().size > 1:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        shared = [o for o in overrides if override_key(o) == RUN_DIR_KEY][-1]
+        return overrides, Path(str(OverridesParser.create().parse_override(shared).value()))
+    run_dir = Path(str(cfg.hydra.run.dir))
+    kept = [o for o in overrides if override_key(o) != RUN_DIR_KEY]
+    return [*kept, f"{RUN_DIR_KEY}={distributed._quoted(str(run_dir))}"], run_dir
+
+
+def _run_alone(main: Callable[[], None], run_dir: Path | None, exit_codes: list[int]) -> int:
+    """Run Hydra's `main` for one run, holding its folder's lock from before Hydra writes there
+    (`.hydra/`, the log) to the end; a finished run is left as it is. `run_dir`: None when Hydra
+    only shows something (--cfg, --help)."""
+    if run_dir is None:
+        main()
+        return max(exit_codes, default=0)
+    folder = RunFolder(run_dir)
+    status = folder.finished()
+    if status is not None:  # the pre-flight refused anything that would change it
+        print(f"optbench: {run_dir}: that run is finished ({status}, {folder.read_summary().get('steps')} steps); "
+              f"nothing was run or written: a finished run's folder is never written again.", file=sys.stderr)
+        return 0
+    try:
+        lock = FolderLock.take(run_dir) if distributed.world().is_main else None  # rank 0 writes the folder
+    except OSError as e:  # a full disk is found here, before Hydra writes anything
+        print(f"optbench: error: {e}; nothing was run.", file=sys.stderr)
+        return 1
+    try:
+        main()
+    finally:
+        if lock is not None:
+            lock.release()
+    return max(exit_codes, default=0)
 
 
 def _expanded(invocation: Invocation) -> Invocation:
@@ -124,21 +177,38 @@ def run_job(cfg: DictConfig) -> int:
     import torch
 
     from optbench.gan_trainer import trainer_class
-    from optbench.run_folder import RunFolder
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # A log file on a full disk: not a traceback per log line; the write that finds it says so once.
+    logging.raiseExceptions = False
     try:
         summary = trainer_class(cfg)(cfg, run_dir).fit()
         return INTERRUPTED if summary["status"] == "interrupted" else 0
     except ConfigError as e:
         return report(e)
+    except OSError as e:  # the run folder's disk is full, or gone: one line, no traceback
+        summary = "summary.json: failed" if _record_failure(run_dir, f"{type(e).__name__}: {e}") else \
+            "summary.json left as it was"
+        print(f"optbench: error: {e}; the run stopped ({summary}, checkpoints intact). Free space, then "
+              f"continue it: the same command with trainer.resume=auto.", file=sys.stderr)
+        return 1
     except torch.OutOfMemoryError as e:
         print(f"optbench: error: out of memory ({' '.join(str(e).split())[:160]}): lower data.batch_size "
               f"(with trainer.accumulation_steps to keep the effective batch), or use trainer.precision=bf16.",
               file=sys.stderr)
-        RunFolder(run_dir).write_summary({"status": "failed", "error": "out of memory"})
+        _record_failure(run_dir, "out of memory")
         return 2
     except Exception as e:  # any other failure: record it, say where, let the sweep continue
         traceback.print_exc()
-        RunFolder(run_dir).write_summary({"status": "failed", "error": f"{type(e).__name__}: {e}"})
+        _record_failure(run_dir, f"{type(e).__name__}: {e}")
         return 1
+
+
+def _record_failure(run_dir: Path, error: str) -> bool:
+    """summary.json `failed` with `error`; whether it could be written. Where it cannot (a full
+    disk), the summary stays as it was: it is replaced atomically or not at all."""
+    try:
+        RunFolder(run_dir).write_summary({"status": "failed", "error": error})
+    except OSError:
+        return False
+    return True

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from optbench.commands.common import reports_bad_input, timestamped_output
+from optbench.commands.common import reports_bad_input, timestamped_output, writable_folder
 from optbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -63,6 +63,8 @@ def parse_args(args: list[str]) -> argparse.Namespace:
 @reports_bad_input
 def main(args: list[str]) -> int:
     options = parse_args(args)  # argparse itself exits with status 2 on a bad flag
+    if options.out is not None:
+        writable_folder("--out", options.out)
     curves, notes = build_curves(options.overrides)
     columns = table(curves)
     out = options.out or timestamped_output("schedules")
@@ -199,6 +201,8 @@ def draw(columns: dict[str, list[float]], log_scale: bool) -> Figure:
     below it where a schedule cycles momentum."""
     from matplotlib.figure import Figure
 
+    from optbench.commands.report_plots import line_styles
+
     curves = [(split_column(name), values) for name, values in columns.items() if name != "step"]
     with_momentum = any(quantity == "momentum" for (_, quantity, _), _ in curves)
     figure = Figure(figsize=(14, 10 if with_momentum else 8), layout="constrained")
@@ -208,7 +212,8 @@ def draw(columns: dict[str, list[float]], log_scale: bool) -> Figure:
     else:
         lr_axis = momentum_axis = figure.subplots()
     labels = list(dict.fromkeys(label for (label, _, _), _ in curves))
-    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # one color per curve, both panels
+    # One style per line (a curve's parameter groups are lines of their own), the same in both panels.
+    styles = line_styles(list(dict.fromkeys((label, group) for (label, _, group), _ in curves)))
     title = "Learning Rate Scheduler Comparison" if len(labels) > 1 else f"Learning Rate Schedule: {labels[0]}"
     lr_axis.set_title(title)
     lr_axis.set_ylabel("Learning Rate")
@@ -217,7 +222,8 @@ def draw(columns: dict[str, list[float]], log_scale: bool) -> Figure:
     for (label, quantity, group), values in curves:
         axis = lr_axis if quantity == "lr" else momentum_axis
         name = label if group is None else f"{label} ({group})"
-        axis.plot(columns["step"], values, label=name, color=colors[label], linewidth=2)
+        color, linestyle = styles[label, group]
+        axis.plot(columns["step"], values, label=name, color=color, linestyle=linestyle, linewidth=2)
     for axis in {lr_axis, momentum_axis}:
         axis.grid(True, alpha=0.3)
         axis.legend()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from optbench.commands.common import reports_bad_input, timestamped_output
+from optbench.commands.common import reports_bad_input, timestamped_output, writable_folder
 from optbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -70,6 +70,10 @@ def parse_args(args: list[str]) -> argparse.Namespace:
 @reports_bad_input
 def main(args: list[str]) -> int:
     options = parse_args(args)
+    if options.steps < 1:
+        raise ConfigError(f"--steps={options.steps}: must be an integer >= 1 (the updates of each optimizer).")
+    if options.out is not None:
+        writable_folder("--out", options.out)
     problem = PROBLEMS[options.function]
     runs = {name: trajectory(problem, cfg, options.steps) for name, cfg in optimizer_configs(problem, options.overrides)}
     out = options.out or timestamped_output("toy")
@@ -91,6 +95,7 @@ def main(args: list[str]) -> int:
 def optimizer_configs(problem: Problem, overrides: list[str]) -> list[tuple[str, DictConfig]]:
     """(label, optimizer config) for every combination of the overrides' values."""
     from optbench.config import compose, sweep_choices
+    from optbench.validate import check_optimizer
 
     # The problem's LR first, so that the user's optimizer.lr (later) wins.
     choices = sweep_choices([f"optimizer.lr={problem.lr}", *overrides])
@@ -98,6 +103,9 @@ def optimizer_configs(problem: Problem, overrides: list[str]) -> list[tuple[str,
     result = []
     for variant in itertools.product(*choices):
         cfg = compose(list(variant))
+        problems = check_optimizer(cfg.optimizer)  # what a run would refuse, before any step
+        if problems:
+            raise ConfigError(problems)
         label = " ".join(o for o in variant if any(o in values for values in swept)) or cfg.hydra.runtime.choices.optimizer
         result.append((label, cfg.optimizer))
     return result
@@ -151,25 +159,47 @@ def steps_to(values: list[float], threshold: float) -> int | None:
 
 
 def draw(problem: Problem, name: str, runs: dict[str, list[tuple[float, float]]]) -> Figure:
+    """Contours of f on equal axes (a ravine looks as narrow as it is), each optimizer's path on top."""
     import numpy as np
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from optbench.commands.report_plots import line_styles
 
     x0, x1, y0, y1 = problem.bounds
     xs, ys = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
     heights = problem.f(xs, ys) - problem.minimum + 1e-3  # above zero, for the log color scale
-    figure = Figure(figsize=(10, 8), layout="constrained")
+    # The plot's shape follows the bounds' (equal aspect), plus room for the colour bar and legend.
+    figure = Figure(figsize=(10, min(10.0, max(4.0, 8 * (y1 - y0) / (x1 - x0) + 1.5))), layout="constrained")
     axis = figure.subplots()
     contour = axis.contourf(xs, ys, heights, levels=np.geomspace(heights.min(), heights.max(), 30),
                             norm=LogNorm(), cmap="viridis", alpha=0.8)
-    figure.colorbar(contour, ax=axis, label="f - min f")
-    for i, (label, path) in enumerate(runs.items()):
-        px, py = zip(*path)
-        axis.plot(px, py, "-", color=f"C{i % 10}", linewidth=1.5, label=label)
-        axis.plot(px[-1], py[-1], "o", color=f"C{i % 10}")
-    axis.plot(*problem.start, "k*", markersize=14, label="start")
+    colorbar = figure.colorbar(contour, ax=axis, label="f - min f (+0.001)", ticks=LogLocator())
+    colorbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.01, not 1.00383x10^-2
+    colorbar.ax.yaxis.set_minor_formatter(NullFormatter())
+    # Paths share stretches (on Rosenbrock, SGD's lies inside momentum's valley): the longest is
+    # drawn first and widest, each shorter one narrower on top, so every path stays visible.
+    styles = line_styles(list(runs))
+    order = sorted(runs, key=lambda label: path_length(runs[label]), reverse=True)
+    handles = {}
+    for i, label in enumerate(order):
+        px, py = zip(*runs[label])
+        color, linestyle = styles[label]
+        handles[label], = axis.plot(px, py, color=color, linestyle=linestyle, linewidth=1.5 + 1.5 * (len(runs) - 1 - i))
+        axis.plot(px[-1], py[-1], "o", color=color, markeredgecolor="white", markersize=8)
+    start, = axis.plot(*problem.start, "k*", markersize=14)
     axis.set_xlim(x0, x1)
     axis.set_ylim(y0, y1)
+    axis.set_aspect("equal")
+    axis.set_xlabel("x")
+    axis.set_ylabel("y")
     axis.set_title(f"{name}: optimizer trajectories")
-    axis.legend()
+    axis.legend([*(handles[label] for label in runs), start], [*runs, "start"])  # in the command's order
     return figure
+
+
+def path_length(path: list[tuple[float, float]]) -> float:
+    """The distance travelled along a path (its finite steps: a diverged path ends in NaN)."""
+    steps = (math.dist(a, b) for a, b in zip(path, path[1:]))
+    return math.fsum(d for d in steps if math.isfinite(d))

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from optbench.data import InMemoryData, split
+from optbench.data import InMemoryData, bundled_digits, split
 from optbench.sample_quality import NearestNeighbourCoverage, RingCoverage
 from optbench.schema import PositiveFloat, PositiveInt, UnitInterval
 from optbench.tasks import declares_task
@@ -39,12 +39,9 @@ def ring(batch_size: PositiveInt = 256, modes: PositiveInt = 8, radius: Positive
 def digit_images(batch_size: PositiveInt = 64, size: PositiveInt = 32, val_fraction: UnitInterval = 0.2,
                  split_seed: int = 0, target: Optional[str] = "modes >= 10") -> InMemoryData:
     """The bundled 8x8 digits upsampled to `size`x`size` in [-1, 1] (a DCGAN's tanh range)."""
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
-    x = torch.tensor(raw.images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values are 0..16
+    x, y = bundled_digits()
+    x = x / 16.0  # pixel values are 0..16
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1) * 2 - 1
-    y = torch.tensor(raw.target, dtype=torch.long)
     train, val = split(len(y), val_fraction, split_seed)
     # High quality = as close to a real digit as a held-out real digit typically is.
     radius = torch.cdist(x[val].flatten(1), x[train].flatten(1)).min(dim=1).values.median().item()

@@ -1,9 +1,14 @@
 """Token-sequence data that need no download.
 
-Text: the `.py` files at the top of the Python standard library's folder (`sysconfig`'s `stdlib`),
-read as bytes in name order, so every machine with CPython has them (their exact content follows
-the Python version). Tokens are bytes (0-255) plus a [MASK] token (256) for masked-LM pre-training,
-one vocabulary for every text task so that a pre-trained body fits every fine-tuning task.
+Text: a snapshot of Python source shipped with optbench (`python_source.tar.xz`, 382 KB), so that
+every machine reads the same bytes: CPython 3.11.7's standard library (PSF licence, which allows
+copies that keep its notice: the archive holds its LICENSE.txt). It holds the first 1,000,000
+bytes of the top-level modules (`*.py`, in name order) and, for `code_topics`, the first 256,000
+bytes of each package in `PACKAGES` (its `**/*.py` but tests, in name order), the last file of each
+cut at that length (tar members with mtime 0, compressed with xz -9e). The archive's SHA-256 is checked at load and recorded in every run's
+summary.json (`data`). Tokens are bytes (0-255) plus a [MASK] token (256) for masked-LM
+pre-training, one vocabulary for every text task so that a pre-trained body fits every fine-tuning
+task.
 
 `counting` is a generated language with a known structure: noise tokens with a few marker tokens
 mixed in; the label is the marker that occurs most often (never a tie), so a perfect classifier
@@ -12,46 +17,57 @@ exists and it must count across the whole sequence.
 
 from __future__ import annotations
 
-import sysconfig
+import hashlib
+import io
+import tarfile
+import typing
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Literal, Optional
 
 import torch
 
 from optbench.data import InMemoryData, split
 from optbench.errors import ConfigError
-from optbench.schema import PositiveInt, UnitInterval
+from optbench.schema import PositiveInt, Range, UnitInterval
 from optbench.tasks import IGNORE, Batch, Classification, TokenPrediction, declares_task
 
 MASK = 256
 VOCAB = 257
 
-
-def stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def stdlib_bytes(files: list[Path], max_chars: int) -> bytes:
-    """The files' bytes, concatenated in order, up to `max_chars`."""
-    chunks, size = [], 0
-    for path in files:
-        chunk = path.read_bytes()[: max_chars - size]
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= max_chars:
-            break
-    return b"".join(chunks)
+SNAPSHOT = Path(__file__).with_name("python_source.tar.xz")
+SNAPSHOT_SHA256 = "5f0997cde46c03c425a5e2c7127a75b56d4a11a0743a57968b1146c54f2faa7f"
+TOP_LEVEL_BYTES = 1_000_000  # of the top-level modules in the snapshot
+PACKAGE_BYTES = 256_000  # of each package in the snapshot
+TextLength = Annotated[int, Range(low=1, high=TOP_LEVEL_BYTES)]
+Package = Literal["asyncio", "email", "multiprocessing", "xml"]  # the packages in the snapshot
+PACKAGES: tuple[str, ...] = typing.get_args(Package)
 
 
-def source_files(folder: Path, pattern: str = "**/*.py") -> list[Path]:
-    """Python files under `folder` (tests left out: they repeat the code they test), in name order."""
-    files = sorted(p for p in folder.glob(pattern) if not {"test", "tests"} & set(p.relative_to(folder).parts))
-    if not files:
-        raise ConfigError(f"data: found no Python source files in {folder}, the standard library's folder that "
-                          f"this data set reads as text (a CPython without its .py sources?). Use data=counting, "
-                          f"which is generated.")
-    return files
+@lru_cache(maxsize=1)
+def snapshot() -> dict[str, bytes]:
+    """The snapshot's `.py` files, path in the standard library -> bytes, in the archive's order
+    (name order), after checking the archive against its pinned SHA-256."""
+    raw = SNAPSHOT.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != SNAPSHOT_SHA256:
+        raise ConfigError(f"data: {SNAPSHOT} has SHA-256 {digest}, not the {SNAPSHOT_SHA256} that optbench "
+                          f"ships: the text would differ from everyone else's. Reinstall optbench.")
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:xz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".py")}
+
+
+def origin() -> dict[str, str]:
+    """What summary.json records of the text (`data`): where it comes from and its checksum."""
+    return {"source": f"optbench/datasets/{SNAPSHOT.name}", "sha256": SNAPSHOT_SHA256}
+
+
+def text_of(folder: str | None, max_chars: int) -> bytes:
+    """The snapshot's files in `folder` (None: the top-level modules), concatenated, up to `max_chars`."""
+    prefix = "" if folder is None else f"{folder}/"
+    names = [n for n in snapshot() if n.startswith(prefix) and (folder is not None or "/" not in n)]
+    return b"".join(snapshot()[n] for n in names)[:max_chars]
 
 
 def tokens_of(text: bytes) -> torch.Tensor:
@@ -67,24 +83,21 @@ def unigram_loss(labels: torch.Tensor) -> float:
 
 
 @declares_task(TokenPrediction)
-def chars(batch_size: PositiveInt = 64, seq_len: PositiveInt = 128, max_chars: PositiveInt = 2_000_000,
+def chars(batch_size: PositiveInt = 64, seq_len: PositiveInt = 128, max_chars: TextLength = TOP_LEVEL_BYTES,
           val_fraction: UnitInterval = 0.1, target: Optional[str] = "bits <= 2.5") -> InMemoryData:
-    """Character-level language modelling: predict each next byte of the stdlib's source.
+    """Character-level language modelling: predict each next byte of the snapshot's top-level modules.
 
     Non-overlapping windows of `seq_len`; the last `val_fraction` of the text is the validation set.
     """
-    tokens = tokens_of(stdlib_bytes(source_files_top(), max_chars))
+    tokens = tokens_of(text_of(None, max_chars))
     n = (len(tokens) - 1) // seq_len
     x = tokens[: n * seq_len].view(n, seq_len)
     y = tokens[1 : n * seq_len + 1].view(n, seq_len)
     n_val = max(1, round(n * val_fraction))
-    return InMemoryData(x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], VOCAB, batch_size,
+    data = InMemoryData(x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], VOCAB, batch_size,
                         task=TokenPrediction(target), vocab_size=VOCAB)
-
-
-def source_files_top() -> list[Path]:
-    """The top-level modules of the standard library (no packages: a stable, ordinary sample)."""
-    return source_files(stdlib_root(), "*.py")
+    data.origin = origin()
+    return data
 
 
 def mask_tokens(x: torch.Tensor, generator: torch.Generator, mask_prob: float) -> Batch:
@@ -114,43 +127,46 @@ class MaskedText(InMemoryData):
 
 
 @declares_task(TokenPrediction)
-def masked_chars(batch_size: PositiveInt = 64, seq_len: PositiveInt = 64, max_chars: PositiveInt = 2_000_000,
+def masked_chars(batch_size: PositiveInt = 64, seq_len: PositiveInt = 64, max_chars: TextLength = TOP_LEVEL_BYTES,
                  val_fraction: UnitInterval = 0.1, mask_prob: UnitInterval = 0.15,
                  target: Optional[str] = "bits <= 2.0") -> InMemoryData:
-    """Masked-language-model pre-training on the stdlib's source (fixed masks for validation)."""
-    tokens = tokens_of(stdlib_bytes(source_files_top(), max_chars))
+    """Masked-language-model pre-training on the snapshot's top-level modules (fixed masks for validation)."""
+    tokens = tokens_of(text_of(None, max_chars))
     n = len(tokens) // seq_len
     windows = tokens[: n * seq_len].view(n, seq_len)
     n_val = max(1, round(n * val_fraction))
     x_val, y_val = mask_tokens(windows[-n_val:], torch.Generator().manual_seed(0), mask_prob)
     data = MaskedText(windows[:-n_val], windows[:-n_val], x_val, y_val, VOCAB, batch_size,
                       task=TokenPrediction(target), vocab_size=VOCAB)
-    data.mask_prob = mask_prob
+    data.mask_prob, data.origin = mask_prob, origin()
     return data
 
 
 @declares_task(Classification)
 def code_topics(batch_size: PositiveInt = 32, seq_len: PositiveInt = 64,
-                packages: tuple[str, ...] = ("asyncio", "email", "multiprocessing", "xml"),
+                packages: tuple[Package, ...] = PACKAGES,
                 per_class: PositiveInt = 2000, val_fraction: UnitInterval = 0.2, split_seed: int = 0,
                 target: Optional[str] = "acc >= 0.9") -> InMemoryData:
     """Sequence classification: which stdlib package (`packages`) a `seq_len`-byte snippet comes
     from; `per_class` random non-overlapping snippets of each, a seeded held-out split."""
+    available = PACKAGE_BYTES // seq_len
+    if per_class > available:
+        raise ConfigError(f"data.per_class={per_class}: the snapshot holds {PACKAGE_BYTES:,} bytes of each package, "
+                          f"{available} snippets of data.seq_len={seq_len}; allowed: at most {available}.")
     xs, ys = [], []
     generator = torch.Generator().manual_seed(split_seed)
     for label, name in enumerate(packages):
-        folder = stdlib_root() / name
-        if not folder.is_dir():
-            raise ConfigError(f"data.packages: {name!r} is not a package of the standard library at {stdlib_root()}.")
-        tokens = tokens_of(stdlib_bytes(source_files(folder), per_class * seq_len * 4))
+        tokens = tokens_of(text_of(name, PACKAGE_BYTES))
         windows = tokens[: len(tokens) // seq_len * seq_len].view(-1, seq_len)
         windows = windows[torch.randperm(len(windows), generator=generator)[:per_class]]
         xs.append(windows)
         ys.append(torch.full((len(windows),), label))
     x, y = torch.cat(xs), torch.cat(ys)
     train, val = split(len(y), val_fraction, split_seed)
-    return InMemoryData(x[train], y[train], x[val], y[val], len(packages), batch_size,
+    data = InMemoryData(x[train], y[train], x[val], y[val], len(packages), batch_size,
                         task=Classification(target), vocab_size=VOCAB)
+    data.origin = origin()
+    return data
 
 
 @declares_task(Classification)

@@ -54,6 +54,18 @@ def trust_ratio(param_norm: Tensor, update_norm: Tensor, coefficient: float = 1.
     return torch.where((param_norm > 0) & (update_norm > 0), ratio, torch.ones_like(ratio))
 
 
+def compiled(target: Callable[..., Any], what: str, **options: Any) -> Callable[..., Any]:
+    """`torch.compile(target, **options)`, and a log line saying so: its first call waits for the
+    compiler (seconds to tens of seconds), which a user would otherwise take for a hung run.
+
+    Inductor's on-disk caches (the FX graph cache, under TORCHINDUCTOR_CACHE_DIR) are left on, as
+    torch sets them: a later run of the same kernel loads it instead of compiling it again.
+    """
+    log.info("%s: torch.compile compiles it at its first call, and the run waits for that (seconds; "
+             "less once torch's on-disk cache holds it, see TORCHINDUCTOR_CACHE_DIR)", what)
+    return torch.compile(target, **options)
+
+
 class StepKernel:
     """An optimizer's per-tensor update, run plain or compiled.
 
@@ -75,7 +87,7 @@ class StepKernel:
         if fused is False or (fused is None and self._compile_failed):
             return self.plain(*args, **kwargs)
         if self._compiled is None:
-            self._compiled = torch.compile(self.plain, fullgraph=True)
+            self._compiled = compiled(self.plain, f"the update {self.plain.__name__}", fullgraph=True)
         device = args[0][0].device
         kwargs = {k: _as_tensor(v, device) for k, v in kwargs.items()}
         args = tuple(_as_tensor(a, device) for a in args)

@@ -124,6 +124,7 @@ def _build() -> Path:
                                      compiler.encode(), " ".join(FLAGS).encode(), _cpu()]))
     target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
     if not target.exists():
+        log.info("compiling optbench's C kernels for LAMB, LARS and Lion (once: cached in %s)", target.parent)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         # kernels.c after the prototypes: the compiler rejects a definition whose types differ from
