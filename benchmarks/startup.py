@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     optbench = [sys.executable, "-m", "optbench"]
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         commands = {
@@ -64,6 +66,9 @@ def main() -> None:
     for name, median in medians.items():
         print(f"{name:<22}{median:>12.2f}{median / bare:>15.2f}")
     print(f"default run held-out accuracy: {accuracy:.4f}")
+    # Other processes slow both sides, and not equally: a ratio taken under load says little.
+    print(f"load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} CPUs")
     print(f"default run / bare import: {medians['optbench run'] / bare:.2f}")
 
 

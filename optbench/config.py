@@ -48,7 +48,7 @@ def compose(overrides: list[str], source: ConfigSource = ConfigSource()) -> Dict
 
     register_recipes()  # so that `recipe=NAME` composes in-process too, not only under `optbench run`
     try:
-        with _hydra_session(source):
+        with hydra_session(source):
             cfg = hydra_compose(source.config_name, overrides=overrides, return_hydra_config=True)
         _resolve_now(cfg)
         return cfg
@@ -68,7 +68,7 @@ def _resolve_now(cfg: DictConfig) -> None:
 
 
 @contextmanager
-def _hydra_session(source: ConfigSource) -> Iterator[None]:
+def hydra_session(source: ConfigSource) -> Iterator[None]:
     """Hydra initialized with the search path that its main builds from the same flags
     (`_run_hydra` in hydra/_internal/utils.py): the primary folder, then --config-dir in front of
     the structured configs. Hydra's public `initialize_config_dir` has no --config-dir."""

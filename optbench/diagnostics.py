@@ -28,7 +28,7 @@ class Diagnostics:
         self.names = {p: n for n, p in model.named_parameters() if p.requires_grad}
         self.checked_for_missing_grads = False
         self._before: dict[nn.Parameter, torch.Tensor] = {}
-        self._record: dict[str, dict[str, float]] = {}
+        self._group_norms: dict[str, torch.Tensor] = {}  # read in `after_step`, with the rest
 
     def due(self, step: int) -> bool:
         return self.every is not None and step % self.every == 0
@@ -40,12 +40,12 @@ class Diagnostics:
             self._name_parameters_without_gradient()
         if not self.due(step):
             return
-        self._record = {"grad_norm": {}}
+        self._group_norms = {}
         for i, group in enumerate(self.optimizer.param_groups):
             grads = [p.grad for p in group["params"] if p.grad is not None]
             if grads:
                 norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-                self._record["grad_norm"][group.get("name", f"group{i}")] = norm.item()
+                self._group_norms[group.get("name", f"group{i}")] = norm
         self._before = {p: p.detach().clone() for p in self.names}
         wrapping.request_trust_ratios(self.optimizer)
 
@@ -53,18 +53,22 @@ class Diagnostics:
     def after_step(self) -> dict[str, dict[str, float]] | None:
         """Call after `optimizer.step()`: the record of a diagnostic step (else None).
 
-        The update is the change of each weight since `before_step`.
+        The update is the change of each weight since `before_step`. Every number is read from
+        the device in one copy: on a GPU each read waits for the device.
         """
         if not self._before:
             return None
         params = list(self._before)
         weights = torch._foreach_norm([p.detach() for p in params])
         updates = torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], list(self._before.values())))
-        record = self._record
-        record["weight_norm"] = {self.names[p]: w.item() for p, w in zip(params, weights)}
-        record["update_ratio"] = {
-            self.names[p]: (u / w.clamp_min(1e-12)).item() for p, u, w in zip(params, updates, weights)
-        }
+        ratios = [u / w.clamp_min(1e-12) for u, w in zip(updates, weights)]
+        groups = list(self._group_norms.values())
+        # float64 holds each dtype's value exactly, and lets parameters of several dtypes share one copy.
+        values = torch.stack([t.double() for t in (*groups, *weights, *ratios)]).tolist()
+        names = [self.names[p] for p in params]
+        record = {"grad_norm": dict(zip(self._group_norms, values[:len(groups)])),
+                  "weight_norm": dict(zip(names, values[len(groups):len(groups) + len(params)])),
+                  "update_ratio": dict(zip(names, values[len(groups) + len(params):]))}
         trust = {self.names[p]: r for p, r in wrapping.trust_ratios(self.optimizer).items() if p in self.names}
         if trust:
             record["trust_ratio"] = trust

@@ -18,6 +18,7 @@ from optbench.build import build_optimizer, build_scheduler
 from optbench.diagnostics import Diagnostics
 from optbench.errors import ConfigError
 from optbench.lr_scaling import scaled_optimizer
+from optbench.optim.base import say_compiling
 from optbench.tasks import Batch
 from optbench.trainer import Trainer
 from optbench.update import StepResult, UpdateStep
@@ -34,8 +35,9 @@ class GANTrainer(Trainer):
             raise ConfigError(f"gan: {type(self.model).__name__} is not a GAN (no generator and discriminator); "
                               f"choose model=gan_ring or model=dcgan, or remove the gan settings (~gan).")
         if self.tc.compile:  # a GAN calls its networks directly (sample, discriminator): each is compiled
-            self.model.generator.compile()
-            self.model.discriminator.compile()
+            for name in ("generator", "discriminator"):
+                say_compiling(f"the {name}")
+                getattr(self.model, name).compile()  # in place: its state_dict keys stay as they are
         self.d_update = self._network_update(self.model.discriminator, "d", ema=None)
         self._d_loss_sum = torch.zeros((), device=self.device)
         self._d_loss_count = 0

@@ -1,7 +1,8 @@
 """The logging interval: what the trainer sums between two train lines of metrics.jsonl.
 
-Losses are summed on the device and the first non-finite one is remembered there too, so that a
-step costs no host-device synchronisation; everything is read once, when the line is written.
+A step only appends its loss (a tensor on the device) to a list: no host-device synchronisation
+and no tensor operation per step. The line stacks them once, on the device, for their mean and the
+first non-finite one, and reads both.
 """
 
 from __future__ import annotations
@@ -43,32 +44,41 @@ class TrainInterval:
         self.start = time.perf_counter()
         self.first_step = first_step
         self.samples = 0
-        self.loss_sum = torch.zeros((), device=self.device)
-        self.loss_count = 0
+        self.losses: list[torch.Tensor] = []  # the interval's losses, unread (skipped updates have none)
+        self.loss_steps: list[int] = []  # ... and the steps they belong to
         self.update.clipped.zero_()
         self.steps_taken_at_start = self.steps_taken
-        # First step of the interval whose loss was non-finite (-1: none), kept on the device.
-        self.first_nonfinite = torch.full((), -1, device=self.device)
 
     def add(self, result: StepResult, step: int, samples: int) -> None:
         if result.loss is not None:
-            self.loss_sum += result.loss
-            self.loss_count += 1
-            first_bad = (self.first_nonfinite < 0) & ~torch.isfinite(result.loss)
-            self.first_nonfinite = torch.where(first_bad, step, self.first_nonfinite)
+            self.losses.append(result.loss)
+            self.loss_steps.append(step)
         self.samples += samples
+
+    def _loss_and_first_nonfinite(self) -> tuple[float, int | None]:
+        """The interval's mean loss (over ranks too) and its first step whose loss was non-finite
+        (on any rank). Every rank takes part in the reductions, with losses or without."""
+        none = self.total_steps + 1  # "no bad step": past the run, so that the minimum picks a real one
+        if self.losses:
+            losses = torch.stack(self.losses)
+            loss_sum = losses.sum()
+            steps = torch.tensor(self.loss_steps, device=self.device)
+            first = torch.where(torch.isfinite(losses), none, steps).min()
+        else:
+            loss_sum, first = torch.zeros((), device=self.device), torch.tensor(none, device=self.device)
+        if self.world_size > 1:  # the mean over ranks, and the first bad step on any of them
+            distributed.all_reduce(loss_sum)
+            loss_sum /= self.world_size
+            first = distributed.all_reduce(first, "min")
+        loss = (loss_sum / len(self.losses)).item() if self.losses else math.nan
+        first_bad = int(first.item())
+        return loss, (first_bad if first_bad != none else None)
 
     def line(self, step: int, result: StepResult, groups: list[dict]) -> tuple[dict[str, float], int | None, float]:
         """(the train line's metrics, the first step with a non-finite loss if any, seconds elapsed)."""
         elapsed = time.perf_counter() - self.start
         steps = step - self.first_step + 1
-        if self.world_size > 1:  # the mean over ranks, and the first bad step on any of them
-            distributed.all_reduce(self.loss_sum)
-            self.loss_sum /= self.world_size
-            unset = torch.where(self.first_nonfinite < 0, self.total_steps + 1, self.first_nonfinite)
-            first = distributed.all_reduce(unset, "min")
-            self.first_nonfinite = torch.where(first > self.total_steps, -1, first)
-        loss = (self.loss_sum / self.loss_count).item() if self.loss_count else math.nan
+        loss, first_bad = self._loss_and_first_nonfinite()
         # `lr` is the rate that update number `step` used: the scheduler has moved on since.
         metrics: dict[str, float] = {"loss": loss, **per_group("lr", result.lrs, groups),
                                      **per_group("momentum", result.momenta, groups)}
@@ -85,5 +95,4 @@ class TrainInterval:
             metrics["loss_scale"] = update.scaler.get_scale()
         if tc.nonfinite == "skip":
             metrics["skipped_steps"] = update.skipped
-        first_bad = int(self.first_nonfinite.item())
-        return metrics, (first_bad if first_bad >= 0 else None), elapsed
+        return metrics, first_bad, elapsed

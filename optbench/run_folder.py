@@ -153,8 +153,13 @@ def temporary_beside(path: Path) -> Iterator[Path]:
 
 def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
     """Write `value` as JSON so that `path` always holds a complete file (non-finite as null)."""
+    write_text_atomic(path, json.dumps(json_safe(value), indent=2) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` so that `path` always holds a complete file: the old one or the new one."""
     with temporary_beside(path) as tmp:
-        tmp.write_text(json.dumps(json_safe(value), indent=2) + "\n")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
 
 

@@ -42,6 +42,11 @@ from optbench.update import StepResult, UpdateStep, applied, autocast
 
 log = logging.getLogger("optbench")
 
+# trainer.checkpoint_every=null: a checkpoint at an evaluation once this long after the last one.
+# A run of seconds then writes one, at its end, instead of one per evaluation; a longer run loses
+# at most this much (plus an evaluation interval) to a SIGKILL. A stop signal always checkpoints.
+CHECKPOINT_INTERVAL_S = 60.0
+
 
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path):
@@ -103,8 +108,10 @@ class Trainer:
         scheduler = build_scheduler(self.cfg.scheduler, optimizer, self.total_steps, self.steps_per_epoch,
                                     self.base_lr.value)
         diagnostics = Diagnostics(self.model, optimizer, self.tc.diagnostics_every)
+        # foreign_grads=False: only this update's backward writes gradients, and it leaves none.
         return UpdateStep(self.model, optimizer, self.tc, self.device, scheduler, self.ema, diagnostics,
-                          no_sync=partial(distributed.no_gradient_sync, self.parallel_model, self.strategy))
+                          no_sync=partial(distributed.no_gradient_sync, self.parallel_model, self.strategy),
+                          foreign_grads=False)
 
     def updates(self) -> list[UpdateStep]:
         """Every update of the run (a GAN has two: its generator's and its discriminator's)."""
@@ -148,6 +155,7 @@ class Trainer:
                                       self.tc.tensorboard, identity, resume_step=self.step if continuing else None,
                                       active=main, mlflow=mlflow)
         self._start = time.perf_counter() - self.train_time
+        self.checkpointed_at = time.perf_counter()
         self.interval.reset(self.step + 1)
         status, checkpoint_at_end = "completed", True
         self.model.train()
@@ -219,7 +227,7 @@ class Trainer:
             self._log_train(result)
         if (self.step % self.tc.eval_every == 0) if self.tc.eval_every else end_of_epoch:
             self._pause(self.evaluate)
-            if self.tc.checkpoint_every is None and not last:
+            if self.tc.checkpoint_every is None and not last and self._checkpoint_due():
                 self._pause(self.save_checkpoint)
         if self.tc.checkpoint_every and self.step % self.tc.checkpoint_every == 0 and not last:
             self._pause(self.save_checkpoint)
@@ -329,7 +337,13 @@ class Trainer:
         ranks = state.get("rng_ranks", [])
         checkpoint.set_rng_state(ranks[self.world.rank] if len(ranks) == self.world.size else state["rng"])
 
+    def _checkpoint_due(self) -> bool:
+        """Whether CHECKPOINT_INTERVAL_S has passed since the last checkpoint (decided on every rank
+        together: an FSDP checkpoint is written by all)."""
+        return distributed.any_rank(time.perf_counter() - self.checkpointed_at >= CHECKPOINT_INTERVAL_S)
+
     def save_checkpoint(self) -> None:
+        self.checkpointed_at = time.perf_counter()
         state = self.state_dict()
         if self.strategy == "fsdp":
             state["sharded"] = distributed.save_sharded(self.model, self.optimizer, self.folder.checkpoints, self.step)

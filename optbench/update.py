@@ -81,13 +81,16 @@ class UpdateStep:
     al. do), for warnings and for the Hessian refresh of curvature-based optimizers (SophiaG).
     Optional parts: `scheduler` (stepped once per update), `ema`, `diagnostics`, and `no_sync`,
     a context in which backward passes skip data-parallel gradient communication.
+    `foreign_grads`: whether backward passes outside this update (another network's, in a GAN)
+    may leave gradients on these parameters between updates, so that an update clears them first.
     """
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, tc: TrainerConfig,
                  device: torch.device, scheduler: Any = None, ema: WeightEMA | None = None,
                  diagnostics: Diagnostics | None = None,
-                 no_sync: Callable[[], AbstractContextManager[Any]] | None = None):
+                 no_sync: Callable[[], AbstractContextManager[Any]] | None = None, foreign_grads: bool = True):
         self.module, self.optimizer, self.tc, self.device = module, optimizer, tc, device
+        self.foreign_grads = foreign_grads
         self.scheduler, self.ema, self.diagnostics, self.no_sync = scheduler, ema, diagnostics, no_sync
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "16")
@@ -119,7 +122,8 @@ class UpdateStep:
 
     def __call__(self, micro_batches: list[Batch], loss_of: LossOf, step: int, measure: bool) -> StepResult:
         """Update number `step` from `micro_batches`; `measure` asks for the gradient norms."""
-        self.optimizer.zero_grad(set_to_none=True)  # another network's backward may have left some
+        if self.foreign_grads:  # another network's backward may have left some (else: every update ends without)
+            self.optimizer.zero_grad(set_to_none=True)
         loss = self._backward(micro_batches, loss_of)
         self.scaler.unscale_(self.optimizer)  # clip and measure true gradients, not scaled ones
         grad_norm, post_clip = self._clip(measure or self.tc.nonfinite == "skip", measure)
@@ -147,16 +151,19 @@ class UpdateStep:
     def _backward(self, micro_batches: list[Batch], loss_of: LossOf) -> torch.Tensor:
         """Accumulate the gradient of the samples' mean loss; that loss, detached."""
         total = sum(len(y) for _, y in micro_batches)
-        loss_sum = torch.zeros((), device=self.device)
+        weighted = len(micro_batches) > 1  # a single micro-batch is the whole update: no tensor ops to weight it
+        loss_sum: torch.Tensor | None = None
         for i, batch in enumerate(micro_batches):
-            # Weight by the micro-batch's share of samples so that K micro-batches of B give the
-            # same gradient as one batch of K*B (and a short last group is scaled by what it had).
-            weight = len(batch[1]) / total
             last = i == len(micro_batches) - 1
             with self._sync(last), self.autocast():
-                loss = loss_of(batch) * weight
+                loss = loss_of(batch)
+                if weighted:
+                    # Weight by the micro-batch's share of samples so that K micro-batches of B give the
+                    # same gradient as one batch of K*B (and a short last group is scaled by what it had).
+                    loss = loss * (len(batch[1]) / total)
             self.scaler.scale(loss).backward()
-            loss_sum += loss.detach().float()
+            loss = loss.detach().float()
+            loss_sum = loss if loss_sum is None else loss_sum + loss
         return loss_sum
 
     def _sync(self, last: bool) -> AbstractContextManager[Any]:
@@ -166,6 +173,9 @@ class UpdateStep:
     def _clip(self, need_norm: bool, measure: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Clip as configured (norm, then value, then AGC); the total norm before and after."""
         tc = self.tc
+        clipping = (tc.clip_norm, tc.clip_value, tc.clip_agc) != (None, None, None)
+        if not (clipping or need_norm):  # most steps: nothing to clip or measure
+            return None, None
         params = [p for p in self._params() if p.grad is not None]
         grad_norm = None
         if tc.clip_norm is not None:  # clip_grad_norm_ returns the norm it found before clipping
@@ -177,7 +187,6 @@ class UpdateStep:
             torch.nn.utils.clip_grad_value_(params, tc.clip_value)
         if tc.clip_agc is not None:
             adaptive_clip_(self.agc_params, tc.clip_agc)
-        clipping = (tc.clip_norm, tc.clip_value, tc.clip_agc) != (None, None, None)
         return grad_norm, self._norm(params) if measure and clipping else None
 
     def _norm(self, params: list[torch.Tensor]) -> torch.Tensor:

@@ -117,11 +117,11 @@ def test_run_help_lists_groups_from_the_folders_as_hydra_would(workdir, monkeypa
 
     from optbench.commands.common import group_options
     from optbench.commands.run import run
-    from optbench.config import _hydra_session, register_recipes
+    from optbench.config import hydra_session, register_recipes
     from optbench.commands.common import ConfigSource
 
     register_recipes()
-    with _hydra_session(ConfigSource()):
+    with hydra_session(ConfigSource()):
         from hydra.core.global_hydra import GlobalHydra
 
         loader = GlobalHydra.instance().config_loader()

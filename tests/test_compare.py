@@ -98,4 +98,9 @@ def test_compare_gives_every_optimizer_the_same_trials_then_seeds_its_best(tmp_p
     assert [row["optimizer"] for row in rows] == ["sgd", "adamw"]
     assert all(row["trials"] == "2" and row["seeds"] == "2" for row in rows)
     assert (folder / "report" / "report.html").is_file()
+    # Each optimizer's seed runs share one LR: an LR-sensitivity table of them would be one LR a
+    # row with robustness 0, measuring nothing. The report of the seed runs has none.
+    assert "LR sensitivity" not in result.stdout
+    assert "<h2>LR sensitivity</h2>" not in (folder / "report" / "report.html").read_text()
+    assert not (folder / "report" / "lr_sensitivity.png").exists()
     assert report([str(folder)]) == 0  # `optbench report` on the compare folder works too

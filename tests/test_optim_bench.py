@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 
@@ -61,3 +62,36 @@ def test_bench_bad_input_exits_2(workdir):
     assert "optimizers=adamx" in result.stderr and "Traceback" not in result.stderr
     result = run_cli("bench", "repeats=0", cwd=workdir)
     assert result.returncode == 2 and "repeats=0" in result.stderr
+
+
+def test_bench_shape_presets_are_real_models_and_report_min_and_median(workdir):
+    from optbench.commands import bench
+
+    # torchvision's models on the meta device: their real tensor shapes, no memory.
+    resnet = [math.prod(s) for s in bench.preset_shapes("resnet50", 0, 0)]
+    assert (len(resnet), min(resnet), max(resnet), sum(resnet)) == (161, 64, 2359296, 25557032)
+    vit = [math.prod(s) for s in bench.preset_shapes("vit_b_16", 0, 0)]
+    assert (len(vit), sum(vit)) == (152, 86567656)
+    assert bench.preset_shapes("huge", 0, 0) == [(4096, 4096)] * 4
+
+    out = workdir / "tiny.csv"
+    result = run_cli("bench", "shape=tiny", "optimizers=lion,sophia", "threads=1", "repeats=2", "warmup=1",
+                     "--csv", str(out), cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "2000 tensors, shape=tiny" in result.stdout and "1 threads" in result.stdout
+    rows = {(r["optimizer"], r["implementation"]): r for r in csv.DictReader(out.open())}
+    for row in rows.values():
+        assert 0 < float(row["step_ms_min"]) <= float(row["step_ms"])
+    lion = rows[("lion", "optbench")]
+    # Each optimizer's goal under the table, with the ratios of the minimum and the median.
+    assert (f"goal: lion <= 1.2x sgd momentum: {float(lion['vs_fused_sgd_momentum_min'])}x (min), "
+            f"{float(lion['vs_fused_sgd_momentum'])}x (median)") in result.stdout
+    assert "goal: sophia <= 1.6x adamw: " in result.stdout
+
+
+def test_bench_refuses_a_setting_the_shape_would_ignore(workdir):
+    result = run_cli("bench", "shape=resnet50", "width=64", cwd=workdir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "width=64" in result.stderr and "shape=resnet50" in result.stderr and "shape=blocks" in result.stderr
+    result = run_cli("bench", "shape=bert", cwd=workdir)
+    assert result.returncode == 2 and "shape=bert" in result.stderr and "vit_b_16" in result.stderr

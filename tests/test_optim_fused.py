@@ -1,5 +1,5 @@
 """Each optimizer's fast paths against its plain per-tensor path: the torch.compile path of all
-four, and optbench's C kernels of LAMB, LARS and Lion (float64 to 1e-12, float32 on threads)."""
+four, and optbench's C kernels of LAMB, LARS, Lion and Sophia (float64 to 1e-12, float32 on threads)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def side_by_side_with_plain(name: str) -> float:
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_compiled_matches_plain(name, monkeypatch):
-    monkeypatch.setattr(native, "library", lambda: None)  # LAMB, LARS and Lion too take torch.compile's path
+    monkeypatch.setattr(native, "library", lambda: None)  # the four take torch.compile's path
     assert side_by_side_with_plain(name) <= 1e-12
 
 
@@ -50,17 +50,20 @@ def test_compiled_matches_plain(name, monkeypatch):
 def kernels():
     """optbench's C kernels; a machine without a C compiler skips, one with a compiler must build them."""
     if shutil.which(os.environ.get("CC", "cc")) is None:
-        pytest.skip("no C compiler ($CC or cc): LAMB, LARS and Lion take their torch.compile path")
+        pytest.skip("no C compiler ($CC or cc): the four take their torch.compile path")
     assert native.library() is not None, "a C compiler is here, but optbench's kernels did not build"
 
 
-@pytest.mark.parametrize("name", ["lamb", "lars", "lion"])
-def test_c_kernel_matches_plain(name, kernels):
+@pytest.mark.parametrize("name", ["lamb", "lars", "lion", "sophia"])
+def test_c_kernel_matches_plain(name, kernels, monkeypatch):
     assert native.usable(None, [make_params()])
+    ran, step = [], native.step
+    monkeypatch.setattr(native, "step", lambda kernel, *a, **kw: (ran.append(kernel), step(kernel, *a, **kw)))
     assert side_by_side_with_plain(name) <= 1e-12
+    assert f"{name}_step" in ran  # the C kernel stepped, not torch.compile's path
 
 
-@pytest.mark.parametrize("name", ["lamb", "lars", "lion"])
+@pytest.mark.parametrize("name", ["lamb", "lars", "lion", "sophia"])
 def test_c_kernel_float32_on_threads_and_channels_last(name, kernels):
     """Tensors large enough to be split across threads, a channels-last conv filter, a zero bias
     (trust ratio 1): float32 against the plain path, 20 steps."""
@@ -87,7 +90,7 @@ def test_c_kernel_float32_on_threads_and_channels_last(name, kernels):
     assert not torch.equal(fast_p[2], made[2])  # the zero bias moved
 
 
-@pytest.mark.parametrize("name", ["lamb", "lars", "lion"])
+@pytest.mark.parametrize("name", ["lamb", "lars", "lion", "sophia"])
 def test_c_kernel_treats_a_nan_gradient_as_the_plain_path_does(name, kernels):
     """LAMB and LARS: the NaN reaches the weights. Lion: torch.sign(NaN) is 0 on the CPU, so the
     weight holds and the momentum is NaN."""
@@ -125,7 +128,7 @@ def test_c_kernels_fall_back_without_a_compiler(monkeypatch, tmp_path, caplog):
             assert side_by_side_with_plain("lars") <= 1e-12  # torch.compile's path steps instead
     finally:
         native.library.cache_clear()  # the next test builds with the real compiler again
-    assert "C kernels for LAMB, LARS and Lion could not be built" in caplog.text
+    assert "C kernels for LAMB, LARS, Lion and SophiaG could not be built" in caplog.text
     assert not list((tmp_path / "cache").glob("*.so"))
 
 

@@ -528,3 +528,128 @@ def test_a_checkpoint_of_another_optimizer_is_refused_before_a_run_folder_exists
                         f"hydra.run.dir={interrupted}", "trainer.resume=auto") == 2
     assert "optimizer._target_ (torch.optim.AdamW -> optbench.optim.Lion)" in capsys.readouterr().err
     assert folder_state(interrupted) == before
+
+
+def test_report_on_one_run_leaves_its_folder_as_it_was(tmp_path, monkeypatch, capsys):
+    """Without --out, the report of one finished run goes to outputs/report/DATE/TIME, not into the
+    run's folder: no command modifies a finished run. (A folder above runs, such as a sweep's, still
+    gets FOLDER/report: test_compare.py reports a compare folder so.)"""
+    from optbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert optbench_run(*QUICK, f"hydra.run.dir={run}") == 0
+    before = folder_state(run)
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 0
+    assert folder_state(run) == before
+    (written,) = [Path(line.removeprefix("wrote ")) for line in capsys.readouterr().out.splitlines()
+                  if line.endswith("report.csv")]
+    assert written.parts[:2] == ("outputs", "report") and written.is_file()
+
+
+def tensors(state) -> list[torch.Tensor]:
+    """Every tensor in a loaded checkpoint, in a fixed order."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    values = state.values() if isinstance(state, dict) else state if isinstance(state, (list, tuple)) else []
+    return [t for value in values for t in tensors(value)]
+
+
+def flip_tensor_bytes(path: Path) -> str:
+    """Flip four bytes in the middle of the largest tensor stored in the checkpoint at `path` (its
+    data, not the zip's headers or directory), as a bad sector or a bit flip would; the member's name."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        member = max((m for m in archive.infolist() if "/data/" in m.filename), key=lambda m: m.file_size)
+    data = bytearray(path.read_bytes())
+    header = member.header_offset  # a local header: 30 bytes, then the name and the extra field
+    name_length, extra_length = (int.from_bytes(data[header + i: header + i + 2], "little") for i in (26, 28))
+    middle = header + 30 + name_length + extra_length + member.file_size // 2
+    data[middle: middle + 4] = bytes(b ^ 0xFF for b in data[middle: middle + 4])
+    path.write_bytes(bytes(data))
+    return member.filename
+
+
+def test_a_checkpoint_with_flipped_tensor_bytes_is_damaged_not_loaded(tmp_path, monkeypatch, capsys):
+    """torch.load does not check the CRC-32s of its zip archive: a tensor's flipped bytes load as
+    wrong numbers. optbench checks them: an explicit trainer.resume is refused (exit 2, the member
+    named, no folder made); trainer.resume=auto falls back to previous.pt and ends where an
+    uninterrupted run ends."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "run"
+    interrupted_run(folder, QUICK)
+    last = folder / "checkpoints" / "last.pt"
+    intact = tensors(torch.load(last, weights_only=True))
+    member = flip_tensor_bytes(last)
+    flipped = tensors(torch.load(last, weights_only=True))  # torch loads it without a word
+    assert sum(not torch.equal(a, b) for a, b in zip(intact, flipped)) == 1
+    capsys.readouterr()
+    new = tmp_path / "new"
+    assert optbench_run(*QUICK, "trainer.max_steps=8", f"hydra.run.dir={new}", f"trainer.resume={last}") == 2
+    err = capsys.readouterr().err
+    assert (f"trainer.resume={last}: not a readable optbench checkpoint: the file is damaged: {member} inside it "
+            f"fails its checksum") in err
+    assert "Traceback" not in err and not new.exists()
+    assert optbench_run(*QUICK, "trainer.max_steps=8", f"hydra.run.dir={folder}", "trainer.resume=auto") == 0
+    assert read_summary(folder)["status"] == "completed"
+    assert [m["step"] for m in read_metrics(folder) if m["split"] == "train"] == [2, 4, 6, 8]
+    whole = tmp_path / "whole"
+    assert optbench_run(*QUICK, "trainer.max_steps=8", f"hydra.run.dir={whole}") == 0
+    resumed = torch.load(last, weights_only=True)["model"]
+    expected = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+
+
+def on_a_full_disk(command: list[str], cwd: Path, limit: int) -> subprocess.CompletedProcess:
+    """`optbench COMMAND` in a process whose files may not grow past `limit` bytes, as on a disk
+    that fills up (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write gets EFBIG)."""
+    import resource
+
+    def full_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return subprocess.run([sys.executable, "-m", "optbench", *command], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=full_disk)
+
+
+def test_hydra_files_that_cannot_be_written_stop_the_run_with_one_line(tmp_path, monkeypatch):
+    """Hydra's .hydra/ files on a full disk (here when a run killed after its last checkpoint is
+    resumed): exit 1, one line naming the file, the old .hydra/ files whole (written atomically),
+    no temporary file; once there is room the same command runs."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "run"
+    assert optbench_run(*QUICK, f"hydra.run.dir={folder}") == 0
+    (folder / "summary.json").unlink()  # as a run killed after its last checkpoint leaves it
+    kept = {p: p.read_bytes() for p in [*(folder / ".hydra").iterdir(), *(folder / "checkpoints").iterdir()]}
+    command = ["run", *QUICK, f"hydra.run.dir={folder}", "trainer.resume=auto"]
+    full = on_a_full_disk(command, tmp_path, limit=200)  # the lock file fits; config.yaml does not
+    assert full.returncode == 1, full.stderr
+    assert full.stderr.splitlines() == [
+        f"optbench: error: [Errno 27] File too large: '{folder / '.hydra' / 'config.yaml'}'; the run did not start "
+        f"(Hydra's .hydra/ files could not be written). Free space, then run the same command again."]
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert not list(folder.rglob("*.tmp")) and not (folder / "summary.json").exists()
+    assert optbench_run(*command[1:]) == 0
+    assert read_summary(folder)["status"] == "completed"
+
+
+def test_a_tensorboard_file_that_cannot_be_written_is_named(tmp_path):
+    """TensorBoard writes its event file in a thread of its own: on a full disk the run stops with
+    one line naming that file (not the thread's traceback, not an error without a file name), and
+    summary.json says the same."""
+    folder = tmp_path / "run"
+    # Diagnostics every step: TensorBoard's file grows twice as fast as any other and fills first.
+    command = ["run", "model.hidden=[16]", "trainer.max_steps=400", "trainer.log_every=1",
+               "trainer.diagnostics_every=1", "trainer.eval_every=400", "trainer.checkpoint_every=400",
+               "trainer.progress=false", f"hydra.run.dir={folder}"]
+    full = on_a_full_disk(command, tmp_path, limit=24_000)
+    assert full.returncode == 1, full.stderr
+    (line,) = full.stderr.splitlines()
+    named = re.fullmatch(r"optbench: error: \[Errno 27\] File too large: '(.*)'; the run stopped .*", line)
+    assert named, line
+    event_file = Path(named[1])
+    assert event_file.parent.parent == folder / "tb" and event_file.name.startswith("events.out.tfevents.")
+    assert event_file.stat().st_size == 24_000  # the file that filled up
+    assert read_summary(folder) == {"status": "failed", "error": f"OSError: [Errno 27] File too large: '{event_file}'"}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -145,3 +148,55 @@ def test_failure_is_recorded_and_exits_1(workdir):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert "closure" in summary["error"]
+
+
+def test_a_run_of_seconds_checkpoints_once_at_its_end(workdir):
+    """trainer.checkpoint_every=null checkpoints at an evaluation only a minute after the last
+    checkpoint: 6 evaluations in a second write one checkpoint, at the end (and best.pt, which
+    leaves previous.pt to last.pt's predecessor)."""
+    result = run_cli("run", *TINY, "trainer.eval_every=1", f"hydra.run.dir={workdir / 'run'}", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    checkpoints = workdir / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "last.pt"]
+    assert torch.load(checkpoints / "last.pt", weights_only=True)["progress"]["step"] == 6
+
+
+def test_a_single_run_is_composed_once_and_records_what_hydras_main_records(workdir, monkeypatch):
+    """The pre-flight's config is the one that runs: Hydra's main would compose it twice more. Its
+    .hydra/ files hold what Hydra's main writes (made to compose again here by choosing the run
+    mode by hand, hydra.mode=RUN)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    from optbench.cli import main
+
+    composed = []
+    load = ConfigLoaderImpl.load_configuration
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration",
+                        lambda *a, **k: composed.append(k.get("overrides")) or load(*a, **k))
+    args = [*TINY, "optimizer.lr=0.002", "model=linear"]
+    monkeypatch.chdir(workdir)  # as the second run's: Hydra records the folder it ran in
+    assert main(["run", *args, f"hydra.run.dir={workdir / 'once'}"]) == 0
+    assert len(composed) == 1
+    result = run_cli("run", *args, "hydra.mode=RUN", f"hydra.run.dir={workdir / 'hydra'}", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    once, hydra = (yaml.safe_load((workdir / name / ".hydra" / "hydra.yaml").read_text())["hydra"]
+                   for name in ("once", "hydra"))
+    for settings in (once, hydra):  # the folder names differ; so do their records of them
+        del settings["run"], settings["runtime"]["output_dir"]
+        settings["overrides"]["hydra"] = [o for o in settings["overrides"]["hydra"] if "run.dir" not in o]
+    assert once == hydra
+    assert once["mode"] == "RUN" and once["overrides"]["task"] == args
+    for name in ("config.yaml", "overrides.yaml"):
+        assert (workdir / "once" / ".hydra" / name).read_text() == (workdir / "hydra" / ".hydra" / name).read_text()
+    assert "optbench][INFO] - 6 optimizer steps" in (workdir / "once" / "optbench.log").read_text()
+
+
+def test_a_compiled_gans_networks_are_announced_in_the_log(caplog):
+    from optbench.config import job_config
+    from optbench.gan_trainer import GANTrainer
+
+    cfg = job_config(["recipe=gan_ring", *TINY, "trainer.compile=true", "trainer.tensorboard=false"])
+    with caplog.at_level(logging.INFO, logger="optbench"):
+        GANTrainer(cfg, Path("unused"))  # built, not trained: nothing is compiled yet, nor written
+    for name in ("generator", "discriminator"):
+        assert f"the {name}: torch.compile compiles it at its first call" in caplog.text

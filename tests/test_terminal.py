@@ -78,6 +78,23 @@ def test_a_sweeps_progress_lines_name_their_job(workdir):
     assert jobs == ["#0 optimizer=sgd,trainer.max_steps=10", "#1 optimizer=adamw,trainer.max_steps=10"]
 
 
+def test_a_joblib_sweeps_plain_lines_name_the_job_each_came_from(workdir):
+    """Jobs in joblib's worker processes write to the same pipe at once: each plain line names its job."""
+    result = run_cli("run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer=sgd,adamw",
+                     "trainer.max_steps=4", "trainer.log_every=2", cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout  # the jobs ran in joblib's workers
+    lines = [line for line in result.stdout.splitlines() if re.search(r" [24]/4 \(", line)]
+    labels = {"#0 optimizer=sgd,trainer.log_every=2,trainer.max_steps=4",
+              "#1 optimizer=adamw,trainer.log_every=2,trainer.max_steps=4"}
+    found = sorted(line.split(" (")[0] for line in lines)  # label and step/total
+    assert found == sorted(f"{label} {step}" for label in labels for step in ("2/4", "4/4")), lines
+    for line in lines:  # plain text: no terminal codes, no carriage returns
+        assert "\x1b" not in line and "\r" not in line
+        assert re.fullmatch(rf"#\d \S+ [24]/4 \((50|100)%\)  loss \d\.\d{{4}}  lr \S+  [\d,]+ samples/s  epoch \S+  "
+                            rf"elapsed {CLOCK}  eta {CLOCK}", line), line
+
+
 def _interrupt_after_first_line(command: list[str], cwd: Path) -> str:
     """Start `command`, send Ctrl-C (SIGINT) once it prints its first progress line; its output."""
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -115,6 +115,36 @@ def test_adaptive_gradient_clipping_bounds_each_unit():
     assert torch.equal(small.grad, torch.full((3,), 1e-6))  # under the limit: untouched
 
 
+def gradient_norm(model: torch.nn.Module) -> float:
+    """The 2-norm of all of `model`'s gradients as one vector, computed here, not by optbench."""
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm().item()
+
+
+def test_agc_logs_the_norm_before_it_clips_and_the_norm_after(tmp_path, monkeypatch):
+    """With trainer.clip_agc, `grad_norm` (TensorBoard's grad_norm/pre_clip) is the norm of the
+    gradients AGC receives, `grad_norm_post_clip` the norm of what it leaves: each checked against
+    a norm computed from the model's gradients at that moment."""
+    import optbench.update
+
+    trainer = make(["trainer.max_steps=3", "trainer.log_every=1", "trainer.clip_agc=1e-3"], tmp_path)
+    norms = []
+    agc = optbench.update.adaptive_clip_
+
+    def measured(params, clip):
+        before = gradient_norm(trainer.model)
+        agc(params, clip)
+        norms.append((before, gradient_norm(trainer.model)))
+
+    monkeypatch.setattr(optbench.update, "adaptive_clip_", measured)
+    trainer.fit()
+    train = [m for m in read_metrics(tmp_path) if m["split"] == "train"]
+    assert [m["grad_norm"] for m in train] == pytest.approx([before for before, _ in norms], rel=1e-5)
+    assert [m["grad_norm_post_clip"] for m in train] == pytest.approx([after for _, after in norms], rel=1e-5)
+    # AGC clipped (the head, which it leaves alone, keeps the norm from falling further): a norm
+    # measured after it, logged as the pre-clip one, would fail the first assertion.
+    assert all(after < 0.8 * before for before, after in norms)
+
+
 # --------------------------------------------------------------------------- parameter groups
 
 def groups_of(overrides: list[str]) -> tuple[torch.nn.Module, dict[str, dict]]:

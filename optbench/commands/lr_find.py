@@ -70,6 +70,19 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     return parser.parse_intermixed_args(args)  # flags may come after the overrides
 
 
+def check_arguments(options: argparse.Namespace) -> None:
+    """Refuse a range that cannot be swept (an infinite or NaN end, an LR of 0, too few steps)."""
+    for flag, value in (("--start", options.start), ("--end", options.end)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag}={value}: must be a finite LR.")
+    if not 0 < options.start < options.end:
+        raise ConfigError(f"--start={options.start} --end={options.end}: need 0 < start < end.")
+    if options.steps < 5:
+        raise ConfigError(f"--steps={options.steps}: need steps >= 5 (the slope needs points on both sides).")
+    if not 0 <= options.smoothing < 1:
+        raise ConfigError(f"--smoothing={options.smoothing}: need 0 <= smoothing < 1.")
+
+
 @reports_bad_input
 def main(args: list[str]) -> int:
     from optbench.config import job_config, register_recipes
@@ -82,11 +95,7 @@ def main(args: list[str]) -> int:
     invocation = Invocation.parse([*flags, *options.overrides])
     out = options.out or timestamped_output("lr_find")
     writable_folder("--out", out)
-    if not 0 < options.start < options.end:
-        raise ConfigError(f"--start={options.start} --end={options.end}: need 0 < start < end.")
-    if options.steps < 5 or not 0 <= options.smoothing < 1:
-        raise ConfigError(f"--steps={options.steps} --smoothing={options.smoothing}: need steps >= 5 "
-                          f"and 0 <= smoothing < 1.")
+    check_arguments(options)
     register_recipes()
     cfg = job_config(invocation.overrides, invocation.source)
     if cfg.get("gan") is not None:

@@ -23,10 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optbench.commands.common import reports_bad_input, writable_folder
+from optbench.commands.common import reports_bad_input, timestamped_output, writable_folder
 from optbench.profiles import TAU_MAX, Profiles, optimizer_groups, performance_profiles
 from optbench.finished_runs import (LR_KEY, SEED_KEY, Run, RankingMetric, find_runs, group_runs, label, run_names,
                                     shown, varied_keys)
+from optbench.run_folder import RunFolder
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -52,7 +53,8 @@ def parse_args(args: list[str]) -> argparse.Namespace:
         "PNG plots and a self-contained report.html.",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="run folders or folders above them")
-    parser.add_argument("--out", type=Path, help="output folder (default: FIRST_PATH/report)")
+    parser.add_argument("--out", type=Path, help="output folder (default: FIRST_PATH/report, or "
+                        "outputs/report/DATE/TIME when FIRST_PATH is one run's folder)")
     parser.add_argument("--target", type=float, help="metric value whose first reach is reported "
                         "as steps and time to target")
     return parser.parse_args(args)
@@ -64,12 +66,20 @@ def main(args: list[str]) -> int:
     if options.out is not None:
         writable_folder("--out", options.out)
     runs = find_runs(options.paths)
-    out = options.out or options.paths[0] / "report"
+    out = options.out or default_out(options.paths[0])
     out.mkdir(parents=True, exist_ok=True)
     written = write_report(runs, out, options.target)
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def default_out(first: Path) -> Path:
+    """Where a report goes without --out: `report/` in the folder above the runs (a sweep folder,
+    `outputs`), but never inside one run's folder, which no command modifies once it is finished."""
+    if RunFolder(first).overrides.is_file():
+        return timestamped_output("report")
+    return first / "report"
 
 
 def write_report(runs: list[Run], out: Path, target_value: float | None = None) -> list[Path]:

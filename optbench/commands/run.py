@@ -5,19 +5,22 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from optbench import distributed, sweep
-from optbench.commands.common import Invocation, override_key, report, reports_bad_input
-from optbench.config import expand_smoke, register_recipes, sweep_choices, validate_overrides
+from optbench.commands.common import ConfigSource, Invocation, override_key, report, reports_bad_input
+from optbench.config import expand_smoke, hydra_session, register_recipes, sweep_choices, validate_overrides
 from optbench.errors import ConfigError
 from optbench.folder_lock import FolderLock
-from optbench.run_folder import RunFolder
+from optbench.run_folder import HYDRA, RunFolder, write_text_atomic
 from optbench.sweep import INTERRUPTED  # exit status of a run stopped by a signal
 
 RUN_DIR_KEY = "hydra.run.dir"
@@ -68,6 +71,7 @@ def run(args: list[str], rerun_hint: bool = True) -> int:
 
     exit_codes: list[int] = []
     launcher_pid = os.getpid()
+    source = invocation.source  # the one that validation composed from
 
     def task(cfg: DictConfig) -> float | None:
         if sweep_dir is not None:  # jobs record themselves in sweep.json, in whichever process runs them
@@ -77,16 +81,18 @@ def run(args: list[str], rerun_hint: bool = True) -> int:
             raise SystemExit(INTERRUPTED)
         return None
 
-    source = invocation.source  # the one that validation composed from
     main = hydra.main(config_path=source.primary_path, config_name=source.config_name, version_base="1.3")(task)
     sys.argv = ["optbench run", *invocation.argv()]
-    if sweep_dir is None:
-        return _run_alone(main, run_dir, exit_codes)
-    try:
-        main()
-        stopped = 0
-    except SystemExit as e:  # a job stopped by a signal, or Hydra's own error exit
-        stopped = e.code if isinstance(e.code, int) else 1
+    with _hydra_files_written_atomically():
+        if run_dir is not None and _runs_as_composed(invocation, first):
+            return _run_alone(lambda: _run_composed(first, run_dir, task, source), run_dir, exit_codes)
+        if sweep_dir is None:
+            return _run_alone(main, run_dir, exit_codes)
+        try:
+            main()
+            stopped = 0
+        except SystemExit as e:  # a job stopped by a signal, or Hydra's own error exit
+            stopped = e.code if isinstance(e.code, int) else 1
     return max(sweep.finish(sweep_dir, rerun_hint), stopped)
 
 
@@ -116,6 +122,39 @@ def _pinned_run_dir(overrides: list[str], cfg: DictConfig) -> tuple[list[str], P
     return [*kept, f"{RUN_DIR_KEY}={distributed._quoted(str(run_dir))}"], run_dir
 
 
+def _runs_as_composed(invocation: Invocation, cfg: DictConfig) -> bool:
+    """Whether Hydra's main would run exactly the config that the pre-flight composed: one run in
+    one process, with no flag of Hydra's but --run and no run mode chosen by hand (hydra.mode)."""
+    return (set(invocation.flags) <= {"--run", "-r"} and distributed.world().size == 1
+            and cfg.hydra.mode is None)
+
+
+def _run_composed(cfg: DictConfig, run_dir: Path, task: Callable[[DictConfig], object], source: ConfigSource) -> None:
+    """Hydra's main for one run (`Hydra.run`), on the config that the pre-flight composed and
+    validated. Hydra's main would compose it twice more (its run mode, then the run): about a
+    tenth of a second each, for the same config."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import configure_log, run_job
+    from hydra.types import HydraContext, RunMode
+
+    with read_write(cfg), open_dict(cfg):  # what Hydra's main adds: the folder pinned, the run mode
+        cfg.hydra.run.dir = str(run_dir)
+        cfg.hydra.mode = RunMode.RUN
+        hydra_overrides = [o for o in cfg.hydra.overrides.hydra if override_key(o) != RUN_DIR_KEY]
+        cfg.hydra.overrides.hydra = [*hydra_overrides, f"{RUN_DIR_KEY}={distributed._quoted(str(run_dir))}",
+                                     "hydra.mode=RUN"]
+    with hydra_session(source):
+        configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+        callbacks = Callbacks(cfg)
+        callbacks.on_run_start(config=cfg, config_name=source.config_name)
+        context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=callbacks)
+        done = run_job(task_function=task, config=cfg, job_dir_key=RUN_DIR_KEY, job_subdir_key=None,
+                       hydra_context=context)
+        callbacks.on_run_end(config=cfg, config_name=source.config_name, job_return=done)
+        _ = done.return_value  # raises what the task raised, as Hydra's run does
+
+
 def _run_alone(main: Callable[[], None], run_dir: Path | None, exit_codes: list[int]) -> int:
     """Run Hydra's `main` for one run, holding its folder's lock from before Hydra writes there
     (`.hydra/`, the log) to the end; a finished run is left as it is. `run_dir`: None when Hydra
@@ -140,6 +179,32 @@ def _run_alone(main: Callable[[], None], run_dir: Path | None, exit_codes: list[
         if lock is not None:
             lock.release()
     return max(exit_codes, default=0)
+
+
+@contextmanager
+def _hydra_files_written_atomically() -> Iterator[None]:
+    """While Hydra runs jobs in this process, its `.hydra/` files are written atomically (a resumed
+    run's old ones stay whole on a full disk), and a write that fails ends the command with one
+    line naming the file, exit status 1. Hydra writes them with open().write() and reports any
+    exception as a traceback (`run_and_report`); a SystemExit passes through that."""
+    import hydra.core.utils
+
+    hydra_save = hydra.core.utils._save_config
+
+    def save(cfg: Any, filename: str, output_dir: Path) -> None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            write_text_atomic(output_dir / filename, OmegaConf.to_yaml(cfg))
+        except OSError as e:  # a full disk: the job has not started
+            print(f"optbench: error: {e}; the run did not start (Hydra's {HYDRA}/ files could not be "
+                  f"written). Free space, then run the same command again.", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    hydra.core.utils._save_config = save
+    try:
+        yield
+    finally:
+        hydra.core.utils._save_config = hydra_save
 
 
 def _expanded(invocation: Invocation) -> Invocation:
@@ -181,6 +246,7 @@ def run_job(cfg: DictConfig) -> int:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     # A log file on a full disk: not a traceback per log line; the write that finds it says so once.
     logging.raiseExceptions = False
+    threading.excepthook = _quiet_event_writer
     try:
         summary = trainer_class(cfg)(cfg, run_dir).fit()
         return INTERRUPTED if summary["status"] == "interrupted" else 0
@@ -202,6 +268,14 @@ def run_job(cfg: DictConfig) -> int:
         traceback.print_exc()
         _record_failure(run_dir, f"{type(e).__name__}: {e}")
         return 1
+
+
+def _quiet_event_writer(args: threading.ExceptHookArgs) -> None:
+    """Threads' uncaught exceptions as Python prints them, but for TensorBoard's event writer: it
+    keeps its failed write (a full disk) and raises it again in the training thread, where the one
+    line that reports it names the file, so its own traceback would only repeat it."""
+    if not type(args.thread).__module__.startswith("tensorboard."):
+        threading.__excepthook__(args)
 
 
 def _record_failure(run_dir: Path, error: str) -> bool:

@@ -4,7 +4,7 @@ Each optimizer writes its update once, as a plain per-tensor function that reads
 (`for p, g, m in zip(...)`). `StepKernel` runs that function as it is, or compiled by
 `torch.compile`, which fuses each tensor's element-wise ops into one pass over memory: the same
 maths, a fraction of the memory traffic. Where no compiler works the plain path runs instead.
-On the CPU, LAMB, LARS and Lion step with optbench's C kernels (`optbench.optim.native`) before
+On the CPU, LAMB, LARS, Lion and SophiaG step with optbench's C kernels (`optbench.optim.native`) before
 either, tested against the same plain functions.
 """
 
@@ -61,9 +61,14 @@ def compiled(target: Callable[..., Any], what: str, **options: Any) -> Callable[
     Inductor's on-disk caches (the FX graph cache, under TORCHINDUCTOR_CACHE_DIR) are left on, as
     torch sets them: a later run of the same kernel loads it instead of compiling it again.
     """
+    say_compiling(what)
+    return torch.compile(target, **options)
+
+
+def say_compiling(what: str) -> None:
+    """The log line of `compiled`, for what is compiled another way (in place: `Module.compile()`)."""
     log.info("%s: torch.compile compiles it at its first call, and the run waits for that (seconds; "
              "less once torch's on-disk cache holds it, see TORCHINDUCTOR_CACHE_DIR)", what)
-    return torch.compile(target, **options)
 
 
 class StepKernel:

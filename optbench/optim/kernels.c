@@ -1,4 +1,4 @@
-/* optbench's CPU kernels for LAMB, LARS and Lion, built by optbench/optim/native.py on first use.
+/* optbench's CPU kernels for LAMB, LARS, Lion and SophiaG, built by optbench/optim/native.py on first use.
  *
  * LAMB and LARS scale each tensor's step by a trust ratio made of that tensor's norms, so a step
  * needs two passes over each tensor: one that reduces the norms, then one that applies the step.

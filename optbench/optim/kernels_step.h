@@ -81,3 +81,26 @@ void NAME(lion_step)(int64_t count, real *const *params, const real *const *grad
         }
     }
 }
+
+/* SophiaG (optbench/optim/sophia.py): for each tensor, in one pass,
+ *   p ← p (1 − lr λ),  m ← β1 m + (1−β1) g,  p ← p − lr · sign(m) · min(|m| / (ρ h + ε), 1).
+ * A NaN ratio stays NaN through the clip, as torch's clamp leaves it (the plain path's). */
+void NAME(sophia_step)(int64_t count, real *const *params, const real *const *grads, real *const *exp_avgs,
+                       const real *const *hessians, const int64_t *sizes, double lr, double beta1,
+                       double rho, double weight_decay, double eps, int threads) {
+    const real b1 = beta1, a1 = 1.0 - beta1, r = rho, e = eps, decay = 1.0 - lr * weight_decay, eta = lr;
+    for (int64_t k = 0; k < count; k++) {
+        real *restrict p = params[k], *restrict m = exp_avgs[k];
+        const real *restrict g = grads[k], *restrict h = hessians[k];
+        const int64_t n = sizes[k];
+        #pragma omp parallel for simd num_threads(threads) if(n >= PARALLEL_MIN) schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            /* m_i in a register, selects rather than int arithmetic: the loop vectorises */
+            const real mi = m[i] * b1 + g[i] * a1;
+            m[i] = mi;
+            const real sign = mi > 0 ? (real)1 : (mi < 0 ? (real)-1 : (real)0);
+            const real ratio = (mi < 0 ? -mi : mi) / (r * h[i] + e);
+            p[i] = p[i] * decay - eta * sign * (ratio > 1 ? (real)1 : ratio);
+        }
+    }
+}

@@ -1,10 +1,12 @@
-"""optbench's C kernels for LAMB, LARS and Lion on the CPU (kernels.c), compiled on first use.
+"""optbench's C kernels for LAMB, LARS, Lion and SophiaG on the CPU (kernels.c), compiled on first use.
 
 LAMB's and LARS's trust ratios need each tensor's norms before its step can be applied, so their
 step is two passes over each tensor. Built from torch's ops it takes one pass per op, and
 torch.compile's reductions run at half the speed of its element-wise loops on the CPU (measured
 with `optbench bench`: LAMB at 4.1x fused AdamW's step, LARS at 2.2x fused SGD's). kernels.c does
-each pass as one vectorised loop. Lion's one pass is 10% faster there than torch.compile's.
+each pass as one vectorised loop. Lion's one pass is 10% faster there than torch.compile's; Sophia's
+one pass saves torch.compile's compiling a graph as large as the parameter list (minutes for
+thousands of tensors).
 
 The source is compiled once per machine with the C compiler (`$CC`, else `cc`) and OpenMP into
 optbench's cache folder (`$OPTBENCH_CACHE`, else `$XDG_CACHE_HOME/optbench`, else
@@ -71,6 +73,9 @@ KERNELS: dict[str, tuple[tuple[str, Kind], ...]] = {
     "lars_step": (("count", COUNT), ("params", TENSORS), ("grads", INPUTS), ("momentum_buffers", TENSORS),
                   ("sizes", SIZES), ("lr", NUMBER), ("momentum", NUMBER), ("weight_decay", NUMBER),
                   ("trust_coefficient", NUMBER), ("eps", NUMBER), ("threads", THREADS)),
+    "sophia_step": (("count", COUNT), ("params", TENSORS), ("grads", INPUTS), ("exp_avgs", TENSORS),
+                    ("hessians", INPUTS), ("sizes", SIZES), ("lr", NUMBER), ("beta1", NUMBER), ("rho", NUMBER),
+                    ("weight_decay", NUMBER), ("eps", NUMBER), ("threads", THREADS)),
     "lion_step": (("count", COUNT), ("params", TENSORS), ("grads", INPUTS), ("exp_avgs", TENSORS),
                   ("sizes", SIZES), ("lr", NUMBER), ("beta1", NUMBER), ("beta2", NUMBER),
                   ("weight_decay", NUMBER), ("threads", THREADS)),
@@ -94,7 +99,7 @@ def library() -> ctypes.CDLL | None:
                 function.argtypes, function.restype = [kind.ctype for _, kind in arguments], None
     except (OSError, AttributeError, subprocess.SubprocessError) as e:
         reason = (getattr(e, "stderr", None) or str(e)).strip()
-        log.warning("optbench's C kernels for LAMB, LARS and Lion could not be built (%s); they take their "
+        log.warning("optbench's C kernels for LAMB, LARS, Lion and SophiaG could not be built (%s); they take their "
                     "torch.compile or plain path", _first_error(reason) or e)
         return None
     return lib
@@ -124,7 +129,7 @@ def _build() -> Path:
                                      compiler.encode(), " ".join(FLAGS).encode(), _cpu()]))
     target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
     if not target.exists():
-        log.info("compiling optbench's C kernels for LAMB, LARS and Lion (once: cached in %s)", target.parent)
+        log.info("compiling optbench's C kernels for LAMB, LARS, Lion and SophiaG (once: cached in %s)", target.parent)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         # kernels.c after the prototypes: the compiler rejects a definition whose types differ from

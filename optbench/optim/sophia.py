@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from optbench.optim import native
 from optbench.optim.base import (
     FusableOptimizer,
     StepKernel,
@@ -46,7 +47,8 @@ class SophiaG(FusableOptimizer):
     `optbench.optim.wrapping.refresh_hessian`, which finds it inside a wrapper too. Until the first
     refresh the Hessian estimate is zero and every coordinate takes a clipped (sign) step.
     State: `exp_avg`, `hessian` (8 bytes per parameter).
-    `fused`: run the update compiled by torch.compile (None: when a compiler works here).
+    `fused`: on the CPU, run optbench's C kernel (`optbench.optim.native`); elsewhere, or where it
+    cannot be built, the update compiled by torch.compile. None: each where it works here.
     """
 
     def __init__(self, params: Any, lr: NonNegativeFloat = 2e-4,
@@ -97,8 +99,11 @@ class SophiaG(FusableOptimizer):
         loss = evaluate_closure(closure)
         for group, params in self.groups_to_step():
             states = [self._state(p) for p in params]
-            _kernel(group["fused"], params, [p.grad for p in params],
-                    [s["exp_avg"] for s in states], [s["hessian"] for s in states],
-                    lr=group["lr"], beta1=group["betas"][0], rho=group["rho"],
-                    weight_decay=group["weight_decay"], eps=group["eps"])
+            tensors = [params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["hessian"] for s in states]]
+            hyper = dict(lr=group["lr"], beta1=group["betas"][0], rho=group["rho"],
+                         weight_decay=group["weight_decay"], eps=group["eps"])
+            if packed := native.usable(group["fused"], tensors):
+                native.step("sophia_step", packed, **hyper)
+            else:
+                _kernel(group["fused"], *tensors, **hyper)
         return loss
