@@ -90,6 +90,8 @@ class Bert(nn.Module):
                 f"model.pretrained={path}: its body does not fit this model ({', '.join(wrong[:4])}"
                 f"{' ...' if len(wrong) > 4 else ''}); use the same dim, depth, heads and seq_len as the pre-training."
             )
+        if any(v.is_meta for v in own.values()):
+            return  # the pre-flight's shape-only build (validate.dry_build): the fit is all it checks
         self.load_state_dict(body, strict=False)
         log.info("loaded the pre-trained body (%d tensors) from %s", len(body), path)
 
