@@ -190,11 +190,11 @@ def shared_output_overrides(cfg: DictConfig) -> list[str]:
     folders = [[str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)]]
     dist.broadcast_object_list(folders, src=0)
     run_dir, sweep_dir = folders[0]
-    overrides = [f"hydra.run.dir={_quoted(run_dir)}", f"hydra.sweep.dir={_quoted(sweep_dir)}"]
+    overrides = [f"hydra.run.dir={quoted(run_dir)}", f"hydra.sweep.dir={quoted(sweep_dir)}"]
     return overrides + ([] if here.is_main else QUIET_RANK)
 
 
-def _quoted(path: str) -> str:
+def quoted(path: str) -> str:
     """A path as a quoted Hydra override value (commas, spaces and `=` are safe inside quotes)."""
     return "'" + path.replace("'", "\\'") + "'"
 

@@ -119,7 +119,12 @@ def _pinned_run_dir(overrides: list[str], cfg: DictConfig) -> tuple[list[str], P
         return overrides, Path(str(OverridesParser.create().parse_override(shared).value()))
     run_dir = Path(str(cfg.hydra.run.dir))
     kept = [o for o in overrides if override_key(o) != RUN_DIR_KEY]
-    return [*kept, f"{RUN_DIR_KEY}={distributed._quoted(str(run_dir))}"], run_dir
+    return [*kept, run_dir_override(run_dir)], run_dir
+
+
+def run_dir_override(run_dir: Path) -> str:
+    """`hydra.run.dir='FOLDER'`: the override that pins a run's folder (quoted: any path is safe)."""
+    return f"{RUN_DIR_KEY}={distributed.quoted(str(run_dir))}"
 
 
 def _runs_as_composed(invocation: Invocation, cfg: DictConfig) -> bool:
@@ -142,8 +147,7 @@ def _run_composed(cfg: DictConfig, run_dir: Path, task: Callable[[DictConfig], o
         cfg.hydra.run.dir = str(run_dir)
         cfg.hydra.mode = RunMode.RUN
         hydra_overrides = [o for o in cfg.hydra.overrides.hydra if override_key(o) != RUN_DIR_KEY]
-        cfg.hydra.overrides.hydra = [*hydra_overrides, f"{RUN_DIR_KEY}={distributed._quoted(str(run_dir))}",
-                                     "hydra.mode=RUN"]
+        cfg.hydra.overrides.hydra = [*hydra_overrides, run_dir_override(run_dir), "hydra.mode=RUN"]
     with hydra_session(source):
         configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
         callbacks = Callbacks(cfg)
