@@ -40,6 +40,7 @@ COMMANDS = {
     "toy": "optimizers on 2-D test functions",
     "compare": "equal-budget comparison: same quasi-random search for each optimizer, best over seeds",
     "report": "compare finished runs: table, CSV, plots, report.html",
+    "reproduce": "the chapter's claims, each checked by an experiment, with a verdict",
     "check": "validate a configuration without running it",
     "bench": "optimizer step time and state memory, side by side",
     "list": "what can be chosen (models, data, optimizers, ...); `list param-groups` per parameter",
@@ -73,6 +74,7 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "lr-find": _lazy("lr_find"),
     "toy": _lazy("toy"),
     "compare": _lazy("compare"),
+    "reproduce": _lazy("reproduce"),
     "completion": _lazy("completion", "print_script"),
     "__complete": _lazy("completion", "query"),  # what the completion scripts run at each TAB
 }

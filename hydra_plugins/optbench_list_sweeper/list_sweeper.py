@@ -5,6 +5,9 @@ quasi-random search), which no product of `key=a,b,c` can express. The jobs are 
 JSON file (`hydra.sweeper.jobs_file`: a list of override lists); each job runs with the command
 line's overrides followed by its own, through the configured launcher (basic or joblib), so
 job folders, numbering and `sweep.json` are those of any other optbench sweep.
+
+A recipe's own sweep (`hydra.sweeper.params`) is replaced by the list, as a key given on the
+command line replaces a recipe's sweep of that key: the list names every job.
 """
 
 # No `from __future__ import annotations`: Hydra's plugin scan loads this module without
@@ -12,7 +15,7 @@ job folders, numbering and `sweep.json` are those of any other optbench sweep.
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
@@ -26,13 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 class ListSweeperConf:
     _target_: str = "hydra_plugins.optbench_list_sweeper.list_sweeper.ListSweeper"
     jobs_file: str = "???"
+    params: Optional[Dict[str, str]] = None  # a recipe's sweep, replaced by the list (see above)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="list", node=ListSweeperConf, provider="optbench")
 
 
 class ListSweeper(Sweeper):
-    def __init__(self, jobs_file: str) -> None:
+    def __init__(self, jobs_file: str, params: Optional[Dict[str, str]] = None) -> None:
         super().__init__()
         self.jobs_file = Path(jobs_file)
         self.hydra_context: Optional[HydraContext] = None

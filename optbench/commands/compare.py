@@ -214,8 +214,10 @@ def open_folder(folder: Path, plan: dict[str, Any]) -> None:
     path.write_text(json.dumps(plan, indent=2) + "\n")
 
 
-def run_sweep(folder: Path, stage: str, jobs: list[list[str]], common: list[str], launch: list[str]) -> int:
-    """One stage as an optbench sweep over an explicit list of jobs (Hydra sweeper `list`).
+def run_sweep(folder: Path, stage: str, jobs: list[list[str]], common: list[str], launch: list[str],
+              command: str = "compare") -> int:
+    """One stage as an optbench sweep over an explicit list of jobs (Hydra sweeper `list`), in
+    `folder/stage`; `command` names the caller in the line it prints (`reproduce` uses it too).
 
     An override that refines the optimizer (`optimizer@optimizer.inner=adamw`, `optimizer.eps=...`)
     goes with each job, after its `optimizer=NAME`: the sweep's own check composes the shared
@@ -227,7 +229,7 @@ def run_sweep(folder: Path, stage: str, jobs: list[list[str]], common: list[str]
     common = [o for o in common if o not in refines]
     jobs_file = folder / f"{stage}_jobs.json"
     jobs_file.write_text(json.dumps(jobs, indent=1) + "\n")
-    print(f"optbench compare: {stage}: {len(jobs)} jobs in {folder / stage}", file=sys.stderr)
+    print(f"optbench {command}: {stage}: {len(jobs)} jobs in {folder / stage}", file=sys.stderr)
     return run(["-m", "hydra/sweeper=list", f"hydra.sweeper.jobs_file={jobs_file}",
                 f"{SWEEP_DIR_KEY}={folder / stage}", *launch, *common], rerun_hint=False)
 
