@@ -28,6 +28,7 @@ Examples:
   optbench compare optimizer=sgd,adamw,lion,lamb budget.trials=16 budget.seeds=3
   optbench run recipe=digits_resnet20 trainer.max_steps=200
   optbench list optimizers
+  optbench reproduce --list
   optbench list param-groups model=resnet params=layer_decay
 
 `optbench run --help` lists every config group and option; `optbench run --cfg job` prints the

@@ -161,7 +161,7 @@ def _bash_complete(line: str, words: list[str]) -> list[str]:
 
 def test_bash_completion_of_commands_groups_options_and_keys():
     # A finished word gets its space; `group=` and `key=` wait for the value.
-    assert _bash_complete("optbench r", ["optbench", "r"]) == ["run ", "report "]
+    assert _bash_complete("optbench r", ["optbench", "r"]) == ["run ", "report ", "reproduce "]
     assert _bash_complete("optbench run opt", ["optbench", "run", "opt"]) == ["optimizer.", "optimizer="]
     assert _bash_complete("optbench run optimizer=ad", ["optbench", "run", "optimizer", "=", "ad"]) == [
         "adafactor ", "adagrad ", "adam ", "adam8bit ", "adamw ", "adamw8bit "]
@@ -176,6 +176,8 @@ def test_bash_completion_of_commands_groups_options_and_keys():
     assert _bash_complete("optbench run --config-", ["optbench", "run", "--config-"]) == [
         "--config-dir ", "--config-name ", "--config-path "]
     assert _bash_complete("optbench list sch", ["optbench", "list", "sch"]) == ["schedulers "]
+    assert _bash_complete("optbench reproduce mom", ["optbench", "reproduce", "mom"]) == ["momentum "]
+    assert _bash_complete("optbench reproduce scale=p", ["optbench", "reproduce", "scale", "=", "p"]) == ["proxy "]
 
 
 def test_zsh_and_fish_scripts_register_optbench_itself(workdir):

@@ -80,11 +80,21 @@ def candidates(words: list[str]) -> list[str]:
         return [t for t in [*LIST_TOPICS, "param-groups"] if t.startswith(partial)]
     if command == "completion":
         return [s for s in SHELLS if s.startswith(partial)]
+    if command == "reproduce":
+        return [c for c in reproduce_candidates() if c.startswith(partial)]
     if command not in OVERRIDE_COMMANDS:
         return []  # report's paths and the like: the shell's own file completion
     if partial.startswith("-"):
         return sorted(f for f in HYDRA_FLAGS if f.startswith(partial) and f.startswith("--"))
     return [c for c in override_candidates(before[1:], partial) if c.startswith(partial)]
+
+
+def reproduce_candidates() -> list[str]:
+    """`optbench reproduce`'s words: its claims by name, the scales, its flags."""
+    from optbench.commands.reproduce import all_claims
+    from optbench.commands.reproduce.claim import SCALES
+
+    return [*(c.name for c in all_claims()), *(f"scale={s}" for s in SCALES), "--list", "--out"]
 
 
 def override_candidates(given: list[str], partial: str) -> list[str]:

@@ -33,7 +33,7 @@ from optbench.commands.reproduce.claim import OUTCOME, SCALES, Claim, ClaimFaile
 from optbench.errors import ConfigError
 
 # The modules that declare claims (`CLAIMS`), by theme of the chapter.
-CLAIM_MODULES = ("first_order", "memory", "large_batch", "schedules", "training")
+CLAIM_MODULES = ("first_order", "memory", "large_batch", "schedules", "training", "vision")
 PLAN = "reproduce.json"
 
 

@@ -1,0 +1,5 @@
+"""Claims of the chapter (being written)."""
+
+from optbench.commands.reproduce.claim import Claim
+
+CLAIMS: list[Claim] = []
