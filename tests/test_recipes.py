@@ -46,12 +46,19 @@ EXPECTED = {
                 "scheduler.min_lr_ratio": 0.01, "trainer.clip_norm": 1.0},
     "rnn_lstm": {"model._target_": "optbench.models.RNN", "model.cell": "lstm",
                  "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 1e-3, "trainer.clip_norm": 1.0},
+    "rnn_exploding": {"model.cell": "lstm", "optimizer._target_": "torch.optim.SGD", "optimizer.lr": 20.0,
+                      "optimizer.momentum": 0.0, "trainer.clip_norm": None, "trainer.log_every": 1,
+                      "trainer.diagnostics_every": 1},
     "transformer_llrd": {"model._target_": "optbench.models.Bert", "params.decay": 0.95,
                          "params._target_": "optbench.param_groups.LayerDecay",
                          "optimizer._target_": "torch.optim.AdamW", "optimizer.lr": 1e-4},
     "gan_ring": {"model._target_": "optbench.models.RingGAN", "gan.g.betas": [0.5, 0.999],
                  "gan.d.betas": [0.5, 0.999]},
     "digits_resnet20": {"model.depth": 20, "optimizer.nesterov": True, "optimizer.lr": 0.1},
+    "digits_scheduler_ablation": {"model.depth": 20, "data._target_": "optbench.data.digits",
+                                  "optimizer._target_": "torch.optim.SGD", "optimizer.momentum": 0.9,
+                                  "optimizer.lr": 0.1, "trainer.eval_every": 4,
+                                  "hydra.sweeper.params": {"scheduler": "none,step,cosine,onecycle,warmup_cosine"}},
     # The chapter's experiments: each arm of a sweep (hydra.sweeper.params) differs only in the swept keys.
     "sgd_variants": {"model.hidden": [], "data._target_": "optbench.datasets.regression.least_squares",
                      "data.condition": 100.0, "optimizer._target_": "torch.optim.SGD", "optimizer.lr": 0.1,
@@ -68,6 +75,11 @@ EXPECTED = {
     "large_batch": {"model.depth": 18, "data.name": "cifar10", "data.batch_size": 64, "trainer.accumulation_steps": 16,
                     "scheduler.warmup": "5ep",
                     "hydra.sweeper.params": {"batching": "accumulate_64x16,direct_1024", "optimizer": "momentum,lars"}},
+    "large_batch_proxy": {"data._target_": "optbench.data.synthetic", "data.train_size": 65536, "model.hidden": [128, 128],
+                          "optimizer.lr_scaling": "linear", "optimizer.reference_batch": 256, "scheduler.warmup": 0.1,
+                          "trainer.epochs": 8, "hydra.sweeper.params": {"optimizer": "momentum,lars",
+                                                                        "data.batch_size": "256,8192",
+                                                                        "trainer.seed": "0,1,2"}},
 }
 
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optbench.commands.common import reports_bad_input
+from optbench.commands.common import reports_bad_input, writable_folder
 from optbench.errors import ConfigError
 
 USAGE = """usage: optbench bench [optimizers=NAME,...] [shape=PRESET] [params=N] [width=N] [repeats=N]
-                      [warmup=N] [threads=N] [--csv PATH]
+                      [warmup=N] [threads=N] [--csv PATH | --out DIR]
 
 Step time (minimum and median of `repeats` timed steps, after `warmup` untimed ones) and optimizer-state
 bytes per parameter of each optimizer config (default: all of configs/optimizer/ but muon), beside torch's
@@ -44,7 +44,8 @@ lion-pytorch when installed. Under the table: every optimizer left out, and why.
   repeats     timed steps per optimizer (default 15)
   warmup      untimed steps first, compilation included (default 3)
   threads     torch CPU threads (default: torch's)
-  --csv PATH  also write the table as CSV"""
+  --csv PATH  also write the table as CSV
+  --out DIR   also write the table as DIR/bench.csv"""
 
 SETTINGS = {"params": 8_000_000, "width": 1024, "repeats": 15, "warmup": 3, "threads": 0}
 # The parameter sets besides the default `blocks` (shaped by params= and width=): what each one is.
@@ -90,10 +91,13 @@ def parse(args: list[str]) -> tuple[dict[str, Any], list[str] | None, Path | Non
     rest = list(args)
     while rest:
         arg = rest.pop(0)
-        if arg == "--csv":
+        if arg in ("--csv", "--out"):
             if not rest:
-                raise ConfigError("--csv needs a PATH.")
-            csv_path = Path(rest.pop(0))
+                raise ConfigError(f"{arg} needs a {'PATH' if arg == '--csv' else 'folder'}.")
+            if csv_path is not None:
+                raise ConfigError(f"{arg}: the CSV's place is already given (--csv PATH or --out DIR, once).")
+            value = rest.pop(0)  # --out as the other commands have it (optbench reproduce passes one)
+            csv_path = Path(value) if arg == "--csv" else writable_folder("--out", value) / "bench.csv"
             continue
         key, sep, value = arg.partition("=")
         given.add(key)
@@ -107,7 +111,7 @@ def parse(args: list[str]) -> tuple[dict[str, Any], list[str] | None, Path | Non
             settings[key] = whole_number(key, value, 0 if key in ("threads", "warmup") else 1)
         else:
             raise ConfigError(f"bench: unknown argument {arg!r}. Arguments: optimizers=, shape=, "
-                              f"{'=, '.join(SETTINGS)}=, --csv PATH (see optbench bench --help).")
+                              f"{'=, '.join(SETTINGS)}=, --csv PATH, --out DIR (see optbench bench --help).")
     shaped_by = sorted(given & {"params", "width"})
     if settings["shape"] != "blocks" and shaped_by:  # they would not change the set: refused, not ignored
         raise ConfigError(f"{shaped_by[0]}={settings[shaped_by[0]]}: shapes only shape=blocks, not "

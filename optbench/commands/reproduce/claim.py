@@ -12,6 +12,7 @@ its own that a re-run keeps.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -82,6 +83,13 @@ def verdict(held: bool, proxy: bool) -> str:
     if not held:
         return NOT_REPRODUCED
     return PROXY_ONLY if proxy else REPRODUCED
+
+
+def listed(values: Sequence[Any], digits: int = 3) -> str:
+    """Per-seed values for a `seen` sentence: floats to `digits` significant digits, NaN and None
+    (a run that did not complete) as n/a."""
+    return ", ".join("n/a" if v is None or isinstance(v, float) and math.isnan(v)
+                     else f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in values)
 
 
 class Context:
