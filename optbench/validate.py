@@ -165,7 +165,28 @@ def dry_build(cfg: DictConfig) -> list[str]:
     if cfg.trainer.get("channels_last") and not any(p.ndim == 4 for p in model.parameters()):
         problems.append(f"trainer.channels_last=true: model._target_={cfg.model._target_} has no "
                         f"convolutions (4-D weights) to lay out channels-last; set it to false.")
-    return problems
+    return problems + one_sample_batch_norm(cfg, data, model)
+
+
+def one_sample_batch_norm(cfg: DictConfig, data: Any, model: Any) -> list[str]:
+    """Batch norm over features (BatchNorm1d, the default MLP's) cannot train on one sample; torch
+    raises at the first micro-batch of one, which an epoch's short last batch can be, mid-run."""
+    import torch
+
+    if data.batch_size > data.num_train or not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()):
+        return []
+    ranks = max(distributed.devices_to_start(cfg), distributed.world().size)
+    rest = data.num_train % data.batch_size
+    kept = rest >= ranks and not getattr(data, "drop_last", False)  # as count_batches and shard keep it
+    if min(data.batch_size, rest if kept else data.batch_size) // ranks != 1:
+        return []
+    where = (f"the last batch of each epoch holds {rest} of the {data.num_train:,} training samples"
+             if data.batch_size // ranks > 1 else f"every batch holds {data.batch_size} sample(s)")
+    alternative = "model.batch_norm=false" if "batch_norm" in cfg.model else "a model without BatchNorm1d"
+    return [f"data.batch_size={data.batch_size}: {where}{f', 1 per process ({ranks} processes)' if ranks > 1 else ''}, "
+            f"and model._target_={cfg.model._target_} has batch norm, which cannot train on one sample; choose a "
+            f"batch size that leaves at least 2 samples per process in every batch, or {alternative} (model=mlp "
+            f"has none)."]
 
 
 def _model_for(node: DictConfig, data: Any) -> Any:

@@ -23,7 +23,8 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from optbench.config import job_config
 from optbench.trainer import Trainer
 
-QUIET = ["trainer.progress=false", "trainer.tensorboard=false", "trainer.deterministic=true",
+# model=mlp: no batch statistics, which each rank would take over its own share of a batch.
+QUIET = ["model=mlp", "trainer.progress=false", "trainer.tensorboard=false", "trainer.deterministic=true",
          "trainer.diagnostics_every=null", "data.batch_size=64", "trainer.log_every=2"]
 
 

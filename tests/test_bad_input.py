@@ -133,6 +133,13 @@ HAND_WRITTEN = [
     (["run", "data.batch_size=0"], "data.batch_size=0"),
     (["run", "data.batch_size=100000"], "data.batch_size=100000: larger than the training set (1,43"),
     (["run", "data.batch_size=2.5"], "data.batch_size=2.5"),
+    # the default model's batch norm cannot train on one sample: refused before a batch of one ends the run
+    (["run", "data.batch_size=3"], "data.batch_size=3: the last batch of each epoch holds 1 of the 1,438 training "
+                                   "samples, and model._target_=optbench.models.MLP has batch norm"),
+    (["run", "data.batch_size=1"], "data.batch_size=1: every batch holds 1 sample(s), and model._target_="),
+    (["check", "data.batch_size=2", "trainer.devices=2"],
+     "data.batch_size=2: every batch holds 2 sample(s), 1 per process (2 processes), and model._target_="),
+    (["run", "model.batch_norm=maybe"], "model.batch_norm='maybe': must be true or false"),
     (["run", "data.val_fraction=1.5"], "data.val_fraction=1.5"),
     (["run", "data=synthetic", "data.input_shape=[0,32,32]"], "data.input_shape=[0, 32, 32]"),
     (["run", "data=synthetic", "data.input_shape=[3,a]"], "data.input_shape=[3, 'a']"),

@@ -25,7 +25,9 @@ SMOKE = {
     "throughput.py": (["--steps", "3", "--repeats", "1", "--only", "counting_gru", "gan_ring"],
                       r"gan_ring\s+[\d,]+\s+[\d,]+\s+\d+\.\d+"),
     "soak.py": (["--runs", "2", "--faults", "none", "bad", "--steps", "20"], r"wrong outcomes: 0"),
-    "startup.py": (["--repeats", "1"], r"default run / bare import: \d+\.\d+"),
+    "startup.py": (["--repeats", "1", "--also-run", "model=mlp"],  # the run before issue 17's model, beside it
+                   r"optbench run model=mlp held-out accuracy: 0\.\d+[\s\S]*default run / optbench run model=mlp: "
+                   r"\d+\.\d+\s+default run / bare import: \d+\.\d+"),
 }
 
 

@@ -23,8 +23,9 @@ from optbench.trainer import Trainer
 pytestmark = pytest.mark.slow
 
 # Several steps of the MLP on the digits with LAMB (trust ratios from the global gradient) and
-# clipping (the global norm); LR scaling on, so that it is checked to be the same too.
-COMMON = ["data.batch_size=64", "trainer.log_every=2", "trainer.eval_every=4", "trainer.progress=false",
+# clipping (the global norm); LR scaling on, so that it is checked to be the same too. model=mlp:
+# the default model's batch norm normalises each process's share of a batch by itself.
+COMMON = ["model=mlp", "data.batch_size=64", "trainer.log_every=2", "trainer.eval_every=4", "trainer.progress=false",
           "trainer.deterministic=true", "scheduler=constant", "optimizer=lamb", "+optimizer.fused=false",
           "trainer.clip_norm=0.5", "optimizer.lr_scaling=linear"]
 TORCHRUN_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}

@@ -61,7 +61,21 @@ def test_lr_find_cli_writes_png_csv_and_the_override(tmp_path: Path, capsys: pyt
 
 def test_lr_find_with_a_nan_loss_from_the_first_step_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["lr-find", "model._target_=tests.test_lr_find.NanModel", "~model.hidden", "~model.dropout",
+                 "~model.batch_norm",
                  *TINY, "--steps", "6", "--out", str(tmp_path)])
     assert code == 2
     assert "from the first step" in capsys.readouterr().err
     assert main(["lr-find", "--start", "1", "--end", "0.1"]) == 2
+
+
+def test_steepest_descent_leaves_out_the_last_points_where_the_smoothed_loss_lags() -> None:
+    # A slow fall, then the smoothed loss still falling steeply in the last 5 points (the raw loss
+    # there already climbs, which is why the test stopped): the chapter's plot skips them, so do we.
+    from optbench.commands.lr_find import SKIP_END
+
+    lrs = [10 ** (-7 + 0.2 * i) for i in range(30)]
+    losses = [2.3 - 0.01 * i for i in range(30)]
+    losses[12] -= 0.05  # the steepest fall inside the kept range: between points 11 and 13
+    for k in range(1, SKIP_END + 1):
+        losses[-k] = 1.0 - 0.2 * (SKIP_END - k)  # steeper still, but in the skipped end
+    assert RangeTest(lrs, losses).steepest() == lrs[11]  # with the end kept: lrs[24], at the cliff

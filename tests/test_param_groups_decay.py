@@ -30,6 +30,7 @@ MODELS = {
     "gan_ring": ["data=ring", "data.train_size=64", "model.hidden=8"],
     "linear": [],
     "mlp": ["model.hidden=[8]"],
+    "mlp_bn": ["model.hidden=[8,4]"],
     "resnet": ["data=synthetic", "data.input_shape=[3,8,8]", "data.train_size=64", "data.val_size=16"],
     "resnet18": ["data=synthetic", "data.input_shape=[3,8,8]", "data.train_size=64", "data.val_size=16"],
     "rnn": ["data=counting", "data.train_size=64", "data.val_size=16", "model.embed_dim=8", "model.hidden=8"],

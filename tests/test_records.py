@@ -66,7 +66,7 @@ def test_the_html_report_says_how_its_results_were_made(logdir, tmp_path):
     assert "ordered by best <code>val/acc</code>, highest first" in page
     assert "<h2>Settings shared by every run</h2>" in page
     shared = page.split("<h2>Settings shared by every run</h2>")[1].split("</table>")[0]
-    for setting, value in (("model", "mlp"), ("data", "digits"), ("optimizer", "adamw"), ("scheduler", "cosine"),
+    for setting, value in (("model", "mlp_bn"), ("data", "digits"), ("optimizer", "adamw"), ("scheduler", "cosine"),
                            ("trainer.max_steps", 6), ("steps run", 6)):
         assert f"<tr><td>{setting}</td><td>{value}</td></tr>" in shared
     assert "trainer.epochs" not in shared  # max_steps wins over it

@@ -57,8 +57,8 @@ def test_summary_json(tiny_run):
     summary = read_summary(tiny_run)
     assert summary["status"] == "completed"
     assert summary["steps"] == 6
-    assert summary["params"] == 85_002  # MLP 64-256-256-10
-    assert summary["optimizer_state_bytes"] == 2 * 4 * 85_002 + 4 * 6  # AdamW: 2 moments + steps
+    assert summary["params"] == 67_338  # the default model=mlp_bn: 64-512-64-10 with batch norm, 8 tensors
+    assert summary["optimizer_state_bytes"] == 2 * 4 * 67_338 + 4 * 8  # AdamW: 2 moments + steps
     assert {"val/loss", "val/acc", "train/loss"} <= summary["final"].keys()
     assert summary["best"]["val/acc"] >= summary["final"]["val/acc"]
     assert summary["config"]["optimizer"]["_target_"] == "torch.optim.AdamW"

@@ -125,7 +125,8 @@ def test_trusting_targets_runs_ones_own_code_and_says_so_in_the_run_folder(workd
     monkeypatch.syspath_prepend(str(workdir))
     with pytest.raises(ConfigError, match="model._target_=mine.tiny: not allowed"):
         check(compose(["model._target_=mine.tiny"]))
-    own = ["model._target_=mine.tiny", "~model.hidden", "~model.dropout", *TINY, "hydra.run.dir=run"]
+    own = ["model._target_=mine.tiny", "~model.hidden", "~model.dropout", "~model.batch_norm", *TINY,
+           "hydra.run.dir=run"]
     trusted = run_cli("run", *own, cwd=workdir, env={"PYTHONPATH": str(workdir), TRUST_VARIABLE: "1"})
     assert trusted.returncode == 0, trusted.stderr
     assert read_summary(workdir / "run")["status"] == "completed"
