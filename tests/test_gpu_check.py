@@ -79,7 +79,7 @@ def test_nothing_is_reported_as_passed_that_did_not_run(quick):
 
 
 def test_a_wrong_update_fails_the_float64_comparison(gpu_check, tmp_path):
-    overrides = ["optimizer=adamw", "scheduler=constant", "trainer.max_steps=6", "trainer.eval_every=6"]
+    overrides = ["optimizer=adamw", "model=mlp", "scheduler=constant", "trainer.max_steps=6", "trainer.eval_every=6"]
     Trainer(job_config([*overrides, *gpu_check.QUIET]), tmp_path / "run").fit()
     start, end = gpu_check.float64_reference(overrides, 6, tmp_path / "ref")
     assert gpu_check.relative_error(tmp_path / "run", start, end) < gpu_check.TOLERANCE
