@@ -181,6 +181,9 @@ def test_toy_results_and_the_best_lr(tmp_path):
     assert found[1] == (3e-3, 1944, 0.002) and found[0][1] is None and math.isnan(found[3][2])
     assert fo.best(found) == (3e-3, 1944, 0.002)  # fewest steps, not the lowest final loss
     assert fo.best([found[3], found[0]]) == found[0]  # none reached: lowest final loss, NaN last
+    bouncing = (1.0, 291, 0.04)  # crossed 0.01 once at step 291, ended above it: not converged
+    assert fo.best([bouncing, found[1]]) == found[1]
+    assert fo.best([bouncing, found[0]]) == bouncing  # still better than never crossing
     assert fo.edge(1e-3, [1e-3, 3e-3]) and not fo.edge(3e-3, [1e-3, 3e-3, 1e-2]) and not fo.edge(1e-3, [1e-3])
 
 

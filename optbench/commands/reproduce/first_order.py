@@ -251,8 +251,14 @@ def toy_results(folder: Path, lrs: list[float]) -> list[tuple[float, int | None,
 
 
 def best(results: list[tuple[float, int | None, float]]) -> tuple[float, int | None, float]:
-    """The fewest steps to the threshold; where no LR reached it, the lowest final loss (NaN last)."""
-    return min(results, key=lambda r: (r[1] is None, r[1] or 0, math.inf if math.isnan(r[2]) else r[2]))
+    """The fewest steps to the threshold among the LRs that also end below it (one that crosses it
+    once while bouncing around the valley, as Adam at lr 1 does, has not converged); then those
+    that crossed it; where none did, the lowest final loss (NaN last)."""
+    def key(r: tuple[float, int | None, float]) -> tuple[bool, bool, int, float]:
+        final = math.inf if math.isnan(r[2]) else r[2]
+        return r[1] is None, final >= THRESHOLD, r[1] or 0, final
+
+    return min(results, key=key)
 
 
 def edge(lr: float, grid: list[float]) -> str:
