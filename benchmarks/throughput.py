@@ -40,6 +40,8 @@ WORKLOADS = {
     "bert_mlm": ["model=bert", "data=masked_chars", "model.dim=64", "model.depth=2", "model.heads=2",
                  "data.seq_len=32", "data.batch_size=32", "data.max_chars=300000"],
     "digits_resnet20": ["recipe=digits_resnet20"],
+    # The ViT family: the small ViT on the 8x8 digits in 2x2 patches (16 tokens), at half width.
+    "digits_vit": ["model=vit", "model.patch_size=2", "model.dim=96", "model.depth=4"],
 }
 
 

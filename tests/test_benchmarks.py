@@ -22,7 +22,7 @@ SMOKE = {
                     r"fixed costs per run[\s\S]*overhead ratio \(optbench Trainer / plain, per step\): "
                     r"\d+\.\d+ wall clock.*\d+\.\d+ CPU time.*\s*\Z"),
     "tricks_cost.py": (["--steps", "3", "--repeats", "1", "--threads", "1"], r"ema / baseline: \d+\.\d+"),
-    "throughput.py": (["--steps", "3", "--repeats", "1", "--only", "counting_gru", "gan_ring"],
+    "throughput.py": (["--steps", "3", "--repeats", "1", "--only", "counting_gru", "gan_ring", "digits_vit"],
                       r"gan_ring\s+[\d,]+\s+[\d,]+\s+\d+\.\d+"),
     "soak.py": (["--runs", "2", "--faults", "none", "bad", "--steps", "20"], r"wrong outcomes: 0"),
     "startup.py": (["--repeats", "1", "--also-run", "model=mlp"],  # the run before issue 17's model, beside it
