@@ -16,10 +16,21 @@ from optbench import __version__
 from optbench.commands.common import reports_bad_input
 from optbench.errors import ConfigError
 
-# At exit CPython runs full garbage collections while it tears the modules down: with torch and
-# its compiler stack loaded, about half a second of every command, for memory the OS frees anyway.
-# Frozen objects are skipped by them; the atexit handlers registered after this one run before it.
-atexit.register(gc.freeze)
+
+
+def _skip_exit_collections() -> None:
+    """At exit CPython runs full garbage collections while it tears the modules down: with torch
+    and its compiler stack loaded, about half a second of every command, for memory the OS frees
+    anyway. Frozen objects are skipped by them; the atexit handlers registered after this one run
+    before it. Not in a process of a data-parallel run or one that used CUDA: their libraries'
+    teardown relies on those collections (a rank of a 2-process gloo run aborted with SIGABRT)."""
+    torch = sys.modules.get("torch")
+    if "WORLD_SIZE" in os.environ or (torch is not None and torch.cuda.is_initialized()):
+        return
+    gc.freeze()
+
+
+atexit.register(_skip_exit_collections)
 
 USAGE = """usage: optbench COMMAND [OVERRIDES...]
 

@@ -35,6 +35,10 @@ def test_the_garbage_collector_is_frozen_at_exit():
             "import optbench.cli\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+    # Not in a rank of a data-parallel run: a rank of a 2-process gloo run aborted at exit without them.
+    ranked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "WORLD_SIZE": "2"})
+    assert ranked.stdout.strip() == "False"
 
 
 def test_help_lists_every_contract_command(workdir):
