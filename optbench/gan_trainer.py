@@ -52,7 +52,10 @@ class GANTrainer(Trainer):
         scheduler = build_scheduler(self.cfg.gan[f"{name}_scheduler"], optimizer, self.total_steps,
                                     self.steps_per_epoch, base_lr.value)
         diagnostics = Diagnostics(net, optimizer, self.tc.diagnostics_every)
-        return UpdateStep(net, optimizer, self.tc, self.device, scheduler, ema, diagnostics)
+        # The generator's backward leaves gradients on the discriminator, which D's update clears
+        # first; D's loss sees the fakes detached, so nothing but G's own update writes G's.
+        return UpdateStep(net, optimizer, self.tc, self.device, scheduler, ema, diagnostics,
+                          foreign_grads=name == "d")
 
     def train_step(self, micro_batches: list[Batch], measure: bool) -> StepResult:
         """One discriminator update, then one generator update; the generator's result."""

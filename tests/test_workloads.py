@@ -127,6 +127,40 @@ def test_gan_checkpoint_holds_both_optimizers_and_resumes_exactly(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_a_gan_step_is_the_textbook_alternating_step(tmp_path):
+    """D's update on real and detached fakes, then G's on the same fakes through the updated D:
+    the trainer's weights after 4 steps equal a plain loop's on the same latents and batches (no
+    gradient left by one network's backward reaches the other's optimizer)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    common = ["recipe=gan_ring", "smoke=true", "trainer.max_steps=4", "trainer.eval_every=null",
+              "scheduler@gan.g_scheduler=constant", "scheduler@gan.d_scheduler=constant"]
+    cfg = job_config([*QUIET, *common])
+    trainer = trainer_class(cfg)(cfg, tmp_path / "run")
+    model = copy.deepcopy(trainer.model)
+    latents, seen_by_d = [], []  # what the trainer's networks were given, in order
+    for net, inputs in ((trainer.model.generator, latents), (trainer.model.discriminator, seen_by_d)):
+        net.register_forward_pre_hook(lambda _, args, inputs=inputs: inputs.append(args[0].detach().clone()))
+    assert trainer.fit()["status"] == "completed"
+    g_opt = torch.optim.Adam(model.generator.parameters(), lr=cfg.gan.g.lr, betas=tuple(cfg.gan.g.betas))
+    d_opt = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.gan.d.lr, betas=tuple(cfg.gan.d.betas))
+    for z, real in zip(latents[:4], seen_by_d[0::3][:4]):  # D sees real, fake, then (for G) fake
+        ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
+        fake = model.generator(z)
+        d_loss = (F.binary_cross_entropy_with_logits(model.discriminator(real), ones)
+                  + F.binary_cross_entropy_with_logits(model.discriminator(fake.detach()), zeros))
+        d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_opt.step()
+        g_opt.zero_grad(set_to_none=True)
+        F.binary_cross_entropy_with_logits(model.discriminator(fake), ones).backward()
+        g_opt.step()
+    for ours, plain in zip(trainer.model.parameters(), model.parameters()):
+        torch.testing.assert_close(ours, plain)
+
+
 def test_gan_optimizers_are_validated_like_the_optimizer():
     with pytest.raises(ConfigError, match="gan.d.betaz: not an argument of torch.optim.SGD"):
         job_config(["model=gan_ring", "data=ring", "optimizer@gan.d=sgd", "+gan.d.betaz=1"])
