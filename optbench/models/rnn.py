@@ -3,6 +3,8 @@ classifier (a class per sequence, from the last hidden state), with a vanilla RN
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Sequence
 from typing import Literal
 
@@ -49,5 +51,25 @@ class RNN(nn.Module):
         return [["embed"], *per_layer, ["head"]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(self.embed(x))
+        embedded = self.embed(x)
+        if embedded.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not bf16_rnn_on_this_cpu():
+            # CPU autocast sends the LSTM to oneDNN in bfloat16, which needs AVX-512 and fails
+            # without it ("could not create a primitive descriptor"): the recurrent stack runs in
+            # float32 then, as autocast runs GRU and RNN cells anyway.
+            with torch.autocast("cpu", enabled=False):
+                out, _ = self.rnn(embedded.float())
+        else:
+            out, _ = self.rnn(embedded)
         return self.head(out if self.per_token else out[:, -1])
+
+
+@functools.cache
+def bf16_rnn_on_this_cpu() -> bool:
+    """Whether oneDNN can run an LSTM in bfloat16 here (AVX-512); said once in the run's log when not."""
+    able = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    if not able:
+        logging.getLogger(__name__).warning(
+            "trainer.precision=bf16: this CPU (%s) has no bfloat16 LSTM in oneDNN (it needs AVX-512); the "
+            "recurrent layers run in float32, the embedding and the head in bfloat16.",
+            torch.backends.cpu.get_cpu_capability())
+    return able
