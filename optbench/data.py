@@ -120,6 +120,12 @@ class InMemoryData:
             index = shard(order[i * self.batch_size : (i + 1) * self.batch_size], self.rank, self.world_size)
             yield self.x_train[index], self.y_train[index]
 
+    def train_batches_in_order(self) -> Iterator[Batch]:
+        """The whole training set in order, in batches (for the accuracy of a model on the data it
+        was trained on: a generalisation gap)."""
+        for i in range(0, self.num_train, self.batch_size):
+            yield self.x_train[i : i + self.batch_size], self.y_train[i : i + self.batch_size]
+
     def val_batches(self) -> Iterator[Batch]:
         """The validation set in batches; with ranks, each reads every `world_size`-th sample of
         each batch (the trainer adds up the ranks' metric sums)."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # A run small enough for a test: a few steps on the bundled digits, no progress bar.
@@ -39,4 +40,34 @@ def read_summary(run_dir: Path) -> dict:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """An empty folder to run optbench from; its outputs/ is where runs land."""
+    return tmp_path
+
+
+def write_fake_cifar10(root: Path, per_batch: int = 8) -> None:
+    """CIFAR-10's python layout: pickled dicts of uint8 rows (3x32x32, channel-major) and labels."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 "labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}))
+
+
+def accept_fake_cifar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision checks the real files' MD5 sums; fake files pass only with the check off (in
+    this process)."""
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args: True)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
+
+
+@pytest.fixture
+def fake_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_fake_cifar10(tmp_path)
+    accept_fake_cifar(monkeypatch)
     return tmp_path

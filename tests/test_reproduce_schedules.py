@@ -110,6 +110,9 @@ def test_ablation_ranking_and_rule():
     assert fastest == ["cosine"] and not claims.ablation_holds(best, fastest)
     assert not claims.ablation_holds(["none"], ["onecycle"])  # no schedule the most accurate
     assert claims.ablation_holds(["step", "onecycle"], ["cosine", "onecycle"])  # ties share the place
+    never = {name: [math.inf] * 3 for name in steps}  # no schedule reached the target: none is the fastest
+    best, fastest = claims.ablation_ranking(final, never)
+    assert fastest == [] and not claims.ablation_holds(best, fastest)
 
 
 def test_lr_grid_and_the_suggestion_rule():

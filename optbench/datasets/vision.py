@@ -1,14 +1,16 @@
 """Image data sets read from `data.root` through DataLoaders: CIFAR-10/100 and ImageFolder (ImageNet).
 
 `LoaderData` presents the interface of `InMemoryData` (`spec`, `task`, `batch_size`,
-`batches_per_epoch`, `train_batches(seed, epoch, start)`, `val_batches()`, `to(device)`): the
-order of an epoch is a permutation seeded by (seed, epoch), cut into batches, so a resumed run
-starts at any batch; the random augmentation of worker processes is seeded by (seed, epoch) too.
+`batches_per_epoch`, `train_batches(seed, epoch, start)`, `train_batches_in_order()`, `val_batches()`,
+`to(device)`): the order of an epoch is a permutation seeded by (seed, epoch), cut into batches, so a
+resumed run starts at any batch; the random augmentation of worker processes is seeded by (seed,
+epoch) too.
 Nothing is downloaded unless `data.download=true`; a missing data set says where it looked.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, Optional
@@ -64,6 +66,15 @@ class LoaderData:
         batches = [shard(order[i * self.batch_size : (i + 1) * self.batch_size], self.rank, self.world_size).tolist()
                    for i in range(start, self.batches_per_epoch)]
         yield from self._read(self.train, batches, generator)
+
+    def train_batches_in_order(self) -> Iterator[Batch]:
+        """The whole training set in order, read as the validation set is (its transform: no
+        augmentation), for the accuracy of a model on the data it was trained on."""
+        plain = copy.copy(self.train)  # shares the images, not the transform
+        plain.transform = self.val.transform  # type: ignore[attr-defined]
+        indices = list(range(self.num_train))
+        yield from self._read(plain, [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)],
+                              torch.Generator().manual_seed(0))
 
     def val_batches(self) -> Iterator[Batch]:
         indices = list(range(len(self.val)))  # type: ignore[arg-type]

@@ -3,16 +3,22 @@
     optbench reproduce --list                     # every claim: number, name, section, statement
     optbench reproduce                            # all claims at proxy scale (about 30 min on 2 cores)
     optbench reproduce momentum 19 scale=proxy    # some claims, by name or number
-    optbench reproduce scale=full --out DIR       # the chapter's own settings where data and hardware allow
+    optbench reproduce scale=full data.root=DIR   # the chapter's own settings where data and hardware allow
+    optbench reproduce scale=full trainer.max_steps=10  # rehearse the full plan in minutes
     optbench reproduce --out DIR                  # the same folder again: finished claims are kept,
                                                   # interrupted sweeps resume
 
 Scales: `proxy` (default) runs each claim on a CPU-sized stand-in; `full` at the chapter's
-settings (claims that need CIFAR-10, ImageNet or a GPU say they are out of reach here and name
-the command that checks them); `smoke` runs every claim for a few steps, to test the machinery
-(its verdicts mean nothing). The folder (`--out`, default `outputs/reproduce/DATE/TIME`) gets
-one folder per claim holding its sweeps (ordinary run folders: `optbench report` works on them),
-its commands' outputs and figures, and at the top `claims.json` and `claims.md`.
+settings: the claims on CIFAR-10 or ImageNet run the chapter's recipes on them when the data set
+is under `data.root` (CIFAR-10 in DIR as `data=cifar10` reads it, ImageNet in DIR/imagenet; the
+configs' ~/data by default) and a CUDA GPU is present, and otherwise say which of the two is
+missing and name the command that checks them; `smoke` runs every claim for a few steps, to test
+the machinery (its verdicts mean nothing). `trainer.*` overrides (trainer.device=cuda:1,
+trainer.max_steps=10) go to every training run the claims start, after the claims' own.
+
+The folder (`--out`, default `outputs/reproduce/DATE/TIME`) gets one folder per claim holding its
+sweeps (ordinary run folders: `optbench report` works on them), its commands' outputs and
+figures, and at the top `claims.json` and `claims.md`.
 
 Verdicts: reproduced; not reproduced (with what was seen instead); proxy only (the rule held on
 a CPU-scale stand-in, named); out of reach (needs data or hardware this machine lacks).
@@ -26,6 +32,7 @@ import shlex
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from optbench.commands.common import reports_bad_input, timestamped_output, writable_folder
@@ -45,10 +52,24 @@ def all_claims() -> list[Claim]:
     return sorted(claims, key=lambda claim: claim.number)
 
 
-def parse(args: list[str]) -> tuple[list[str], str, Path | None, bool]:
-    """(wanted claims, scale, --out folder, --list) from the command line."""
+@dataclass
+class Request:
+    """What the command line asks for."""
+
+    wanted: list[str] = field(default_factory=list)  # claims by number or name; none: all
+    scale: str = "proxy"
+    out: Path | None = None
+    listing: bool = False
+    data_root: str | None = None  # data.root=DIR
+    passed: list[str] = field(default_factory=list)  # trainer.* overrides
+
+
+PASSED = "trainer."  # the overrides passed on to every training run
+
+
+def parse(args: list[str]) -> Request:
     wanted: list[str] = []
-    scale, out, listing = "proxy", None, False
+    scale, out, listing, data_root, passed = "proxy", None, False, None, []
     i = 0
     while i < len(args):
         arg, i = args[i], i + 1
@@ -67,11 +88,25 @@ def parse(args: list[str]) -> tuple[list[str], str, Path | None, bool]:
             if scale not in SCALES:
                 raise ConfigError(f"scale={scale}: one of {', '.join(SCALES)} (proxy: CPU-sized stand-ins, "
                                   f"the default; full: the chapter's settings; smoke: a few steps each).")
+        elif arg.startswith("data.root="):
+            data_root = arg.split("=", 1)[1]
+            if not data_root:
+                raise ConfigError("data.root=: needs a folder (where cifar-10-batches-py/ and imagenet/ are).")
+        elif arg.startswith(PASSED) and "=" in arg:
+            passed.append(arg)
         elif arg.startswith("-"):
-            raise ConfigError(f"{arg}: no such flag. Flags: --list, --out DIR; and scale=proxy|full|smoke, CLAIM...")
+            raise ConfigError(f"{arg}: no such flag. Flags: --list, --out DIR; and scale=proxy|full|smoke, "
+                              f"data.root=DIR, trainer.KEY=VALUE, CLAIM...")
+        elif "=" in arg:
+            raise ConfigError(f"{arg}: reproduce takes scale=, data.root= and trainer.KEY=VALUE overrides (the "
+                              f"claims set the rest of their experiments themselves).")
         else:
             wanted.append(arg)
-    return wanted, scale, out, listing
+    if passed:  # refused now, not by the first sweep after other claims ran
+        from optbench.config import job_config
+
+        job_config(["model=mlp", "data=digits", *passed])
+    return Request(wanted, scale, out, listing, data_root, passed)
 
 
 def select(wanted: list[str], claims: list[Claim]) -> list[Claim]:
@@ -113,7 +148,7 @@ def open_folder(out: Path, scale: str) -> None:
     plan.write_text(json.dumps({"scale": scale}, indent=1) + "\n")
 
 
-def check_claim(claim: Claim, out: Path, scale: str) -> dict | None:
+def check_claim(claim: Claim, out: Path, request: Request) -> dict | None:
     """The claim's record: read back from an earlier call, or its experiment run now. None when
     the experiment failed (said on stderr); a re-run tries it again."""
     folder = claim_folder(out, claim)
@@ -122,7 +157,7 @@ def check_claim(claim: Claim, out: Path, scale: str) -> dict | None:
         print(f"optbench reproduce: claim {claim.number} ({claim.name}): kept from {done}", file=sys.stderr)
         return json.loads(done.read_text())
     print(f"optbench reproduce: claim {claim.number} ({claim.name}) [{claim.section}]...", file=sys.stderr)
-    context = Context(scale, folder)
+    context = Context(request.scale, folder, request.data_root, request.passed)
     start = time.perf_counter()
     try:
         outcome = claim.check(context)
@@ -149,21 +184,21 @@ def main(args: list[str]) -> int:
     if args[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 0
-    wanted, scale, out, listing = parse(args)
-    claims = select(wanted, all_claims())
-    if listing:
+    request = parse(args)
+    claims = select(request.wanted, all_claims())
+    if request.listing:
         print_list(claims)
         return 0
     from optbench.commands.reproduce.records import write_records
 
-    out = out or timestamped_output("reproduce")
-    open_folder(out, scale)
+    out = request.out or timestamped_output("reproduce")
+    open_folder(out, request.scale)
     command = shlex.join(["optbench", "reproduce", *args])
     failed = []
     for claim in claims:
-        if check_claim(claim, out, scale) is None:
+        if check_claim(claim, out, request) is None:
             failed.append(claim)
-        write_records(out, all_claims(), scale, command)
+        write_records(out, all_claims(), request.scale, command)
     print(f"wrote {out / 'claims.json'}\nwrote {out / 'claims.md'}")
     if failed:
         print(f"optbench reproduce: no verdict for {', '.join(c.name for c in failed)} (see above); "

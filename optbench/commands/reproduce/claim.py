@@ -30,6 +30,7 @@ PROXY_ONLY = "proxy only"  # reproduced at CPU scale on a stand-in workload (nam
 OUT_OF_REACH = "out of reach"  # needs data or hardware this machine lacks (`full_scale` names the command)
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, PROXY_ONLY, OUT_OF_REACH)
 SCALES = ("smoke", "proxy", "full")  # smoke: seconds per claim, for the test suite; proxy: the default
+CIFAR10_TARGET = 0.93  # configs/data/cifar10.yaml's target: steps to it measure speed on CIFAR-10 (scale=full)
 OUTCOME = "outcome.json"  # a claim's record in its folder: the claim is done
 DONE = ".done"  # written into a command's folder when it finished: a re-run keeps that folder
 
@@ -85,6 +86,12 @@ def verdict(held: bool, proxy: bool) -> str:
     return PROXY_ONLY if proxy else REPRODUCED
 
 
+def out_of_reach(missing: str, workload: str, full_scale: str) -> Outcome:
+    """The verdict of a claim whose full-scale experiment cannot run here, and why (`Context.missing`)."""
+    return Outcome(OUT_OF_REACH, f"The chapter's experiment cannot run here: {missing}.", workload,
+                   full_scale=full_scale)
+
+
 def listed(values: Sequence[Any], digits: int = 3) -> str:
     """Per-seed values for a `seen` sentence: floats to `digits` significant digits, NaN and None
     (a run that did not complete) as n/a."""
@@ -92,14 +99,50 @@ def listed(values: Sequence[Any], digits: int = 3) -> str:
                      else f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in values)
 
 
-class Context:
-    """What a claim's check may use: the scale, its folder, and the ordinary commands."""
+def has_gpu() -> bool:
+    """Whether this machine has a CUDA GPU: the chapter's CIFAR-10 and ImageNet runs take days on a CPU."""
+    import torch
 
-    def __init__(self, scale: str, folder: Path) -> None:
+    return torch.cuda.is_available()
+
+
+class Context:
+    """What a claim's check may use: the scale, its folder, the ordinary commands, and what the
+    command line passes on: `data.root` (where the chapter's data sets are) and `trainer.*`
+    overrides for every training run."""
+
+    def __init__(self, scale: str, folder: Path, data_root: str | None = None, passed: Sequence[str] = ()) -> None:
         self.scale = scale
         self.folder = folder
+        self.data_root = data_root  # CIFAR-10 in it, ImageNet in <it>/imagenet; None: the configs' defaults
+        self.passed = list(passed)  # trainer.* overrides, last in every sweep's shared overrides
         self.images: list[Path] = []  # figures the claim drew, for claims.md
         self.run_folders: list[Path] = []  # sweeps and command folders, for claims.json
+
+    def beside(self, claim: Claim) -> Context:
+        """A context for `claim`'s folder, to share runs with it (two claims judged on one sweep)."""
+        return Context(self.scale, claim_folder(self.folder.parent, claim), self.data_root, self.passed)
+
+    def on_data(self, recipe: str, data: str = "cifar10") -> list[str]:
+        """The overrides that run `recipe` on the chapter's data set `data` (cifar10 or imagenet)
+        where this command's `data.root` says it is."""
+        if self.data_root is None:
+            return [f"recipe={recipe}"]
+        return [f"recipe={recipe}", f"data.root={Path(self.data_root) / ('imagenet' if data == 'imagenet' else '')}"]
+
+    def missing(self, recipe: str, data: str = "cifar10", gpu: bool = True) -> str | None:
+        """Why `recipe` cannot run here at its own settings (its data set is not where `data.root`
+        points, no CUDA GPU), in words; None when it can. The data are checked by building them
+        as the run's pre-flight does."""
+        from optbench.config import job_config
+        from optbench.errors import ConfigError
+
+        reasons = [] if not gpu or has_gpu() else ["no CUDA GPU here (the chapter's runs would take days on a CPU)"]
+        try:
+            job_config([*self.on_data(recipe, data), *self.passed])
+        except ConfigError as e:
+            reasons += e.problems
+        return "; ".join(reason.rstrip(".") for reason in reasons) or None
 
     def pick(self, smoke: T, proxy: T, full: T | None = None) -> T:
         """The value for this scale (`full` defaults to `proxy`'s)."""
@@ -119,7 +162,8 @@ class Context:
         sweep_dir = self.folder / name
         self.folder.mkdir(parents=True, exist_ok=True)
         self.run_folders.append(sweep_dir)
-        status = run_sweep(self.folder, name, [list(job) for job in jobs], list(common), [], command="reproduce")
+        status = run_sweep(self.folder, name, [list(job) for job in jobs], [*common, *self.passed], [],
+                           command="reproduce")
         if status != 0:
             raise ClaimFailed(f"the sweep {sweep_dir} ended with exit status {status}; "
                               f"its jobs' folders say why (.hydra/, summary.json).")
