@@ -80,3 +80,43 @@ def test_without_bitsandbytes_the_8bit_claims_fail_before_bench_leaves_a_folder(
     with pytest.raises(ClaimFailed, match="optbench\\[bnb\\]"):
         memory.bench(Context("smoke", tmp_path), "bench", ["adam", "adam8bit"], ["shape=tiny"])
     assert not (tmp_path / "bench").exists()
+
+
+class FakeRun:
+    """What claim 7's full-scale check reads of a finished run."""
+
+    def __init__(self, optimizer: str, seed: int, state_bytes: int, best_acc: float):
+        self.overrides = {"optimizer": optimizer, "trainer.seed": seed}
+        self.summary = {"optimizer_state_bytes": state_bytes, "best": {"val/acc": best_acc}}
+
+    def value(self, key: str):
+        return self.overrides[key]
+
+
+def test_8bit_adam_at_full_scale_trains_bert_finetune_on_the_gpu_and_judges_the_real_models_state(
+        tmp_path, monkeypatch):
+    from optbench.commands.reproduce import claim
+    from optbench.commands.reproduce.claim import Context
+
+    ctx = Context("full", tmp_path)
+    monkeypatch.setattr(claim, "has_gpu", lambda: False)
+    outcome = memory.adam8bit(ctx)
+    assert outcome.verdict == "out of reach" and "no CUDA GPU" in outcome.seen and "bert_finetune" in outcome.full_scale
+
+    swept = []
+
+    def sweep(name, jobs, common=()):
+        swept.append((name, jobs, list(common)))
+        return ([FakeRun("adamw", s, 8_000_000, acc) for s, acc in enumerate((0.90, 0.91, 0.92))]
+                + [FakeRun("adamw8bit", s, 2_030_000, acc) for s, acc in enumerate((0.905, 0.905, 0.921))])
+
+    monkeypatch.setattr(claim, "has_gpu", lambda: True)
+    monkeypatch.setattr(ctx, "sweep", sweep)
+    outcome = memory.adam8bit(ctx)
+    assert swept == [("bert_runs", [[f"optimizer={o}", f"trainer.seed={s}"] for o in ("adamw", "adamw8bit")
+                                    for s in (0, 1, 2)], ["recipe=bert_finetune"])]
+    assert outcome.verdict == "reproduced", outcome  # 74.6% less state, accuracies not distinguishable
+    assert outcome.figures["state_saving"] == pytest.approx(1 - 2.03 / 8)
+    monkeypatch.setattr(ctx, "sweep", lambda *a, **k: [FakeRun("adamw", s, 8_000_000, 0.9) for s in range(3)]
+                        + [FakeRun("adamw8bit", s, 6_000_000, 0.9) for s in range(3)])
+    assert memory.adam8bit(ctx).verdict == "not reproduced"  # 25% less: small tensors kept in fp32

@@ -137,7 +137,7 @@ class Context:
         from optbench.config import job_config
         from optbench.errors import ConfigError
 
-        reasons = [] if not gpu or has_gpu() else ["no CUDA GPU here (the chapter's runs would take days on a CPU)"]
+        reasons = [] if not gpu or has_gpu() else ["no CUDA GPU here (the chapter runs these on GPUs: days on a CPU, or bitsandbytes without its CUDA kernels)"]
         try:
             job_config([*self.on_data(recipe, data), *self.passed])
         except ConfigError as e:
