@@ -160,8 +160,7 @@ def test_at_full_scale_with_the_data_and_a_gpu_the_chapters_recipes_run(tmp_path
     """CIFAR-10 (fake files) under data.root and a GPU (said to be there; the runs use the CPU):
     claims 11 and 20 train the chapter's Exercise 2 (recipe scheduler_ablation as it is, 5 schedules
     x 3 seeds) once, in claim 20's folder, and judge it by their rules as the chapter's own
-    experiment (not a proxy); claim 17 runs both CIFAR-10 recipes and says ImageNet is missing;
-    claim 18 runs the chapter's DCGAN, which needs neither.
+    experiment (not a proxy); claim 17 runs both CIFAR-10 recipes and says ImageNet is missing.
     trainer.max_steps=4 goes to every run: a rehearsal (the step schedule needs 4 steps for its
     first drop at 30%)."""
     import optbench.commands.reproduce as reproduce
@@ -181,7 +180,7 @@ def test_at_full_scale_with_the_data_and_a_gpu_the_chapters_recipes_run(tmp_path
 
     monkeypatch.setattr(claim.Context, "on_data", smaller)
     out = tmp_path / "claims"
-    assert reproduce.main(["11", "exercise2", "17", "gan", "scale=full", f"data.root={root}", "trainer.max_steps=4",
+    assert reproduce.main(["11", "exercise2", "17", "scale=full", f"data.root={root}", "trainer.max_steps=4",
                            "trainer.device=cpu", "--out", str(out)]) == 0
     claims = {c["number"]: c for c in json.loads((out / "claims.json").read_text())["claims"]}
     runs = find_runs([out / "20_exercise2" / "cifar10_runs"])
@@ -206,13 +205,18 @@ def test_at_full_scale_with_the_data_and_a_gpu_the_chapters_recipes_run(tmp_path
     assert set(vision["figures"]["final_val_acc_percent"]) == {"cifar10_resnet18_sgd", "cifar10_resnet18_adamw"}
     assert vision["figures"]["held"] == {"cifar10_resnet18_sgd": False, "cifar10_resnet18_adamw": False}
     assert "ImageNet: not run" in vision["seen"] and "imagenet" in vision["figures"]["not_run"]["ImageNet"]
-    # Claim 18 needs no data set and no GPU at full scale: the chapter's DCGAN on the bundled digit images.
-    gan = claims[18]
-    assert gan["verdict"] in ("reproduced", "not reproduced") and gan["runs"] == ["18_gan/dcgan_runs"], gan
-    dcgan = find_runs([out / "18_gan" / "dcgan_runs"])
-    assert len(dcgan) == 6 and all("recipe=dcgan" in (r.path / ".hydra" / "overrides.yaml").read_text() for r in dcgan)
-    assert "recipe dcgan" in gan["workload"] and "val/modes >= 10" in gan["seen"]
     for option, recipe in (("nesterov", "cifar10_resnet18_sgd"), ("adamw", "cifar10_resnet18_adamw")):
         arm = find_runs([out / "16_sgd_vs_adam" / f"recipe_seeds_{option}"])
         assert len(arm) == 3 and all(f"recipe={recipe}" in (r.path / ".hydra" / "overrides.yaml").read_text()
                                      for r in arm)
+
+
+def test_at_full_scale_the_gan_claim_runs_the_chapters_dcgan_which_needs_no_data_set_or_gpu(workdir):
+    out = workdir / "claims"
+    result = run_cli("reproduce", "gan", "scale=full", "trainer.max_steps=2", "--out", str(out), cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    gan = next(c for c in json.loads((out / "claims.json").read_text())["claims"] if c["number"] == 18)
+    assert gan["verdict"] in ("reproduced", "not reproduced") and gan["runs"] == ["18_gan/dcgan_runs"], gan
+    dcgan = run_dirs(out / "18_gan" / "dcgan_runs")
+    assert len(dcgan) == 6 and all("recipe=dcgan" in (r / ".hydra" / "overrides.yaml").read_text() for r in dcgan)
+    assert "recipe dcgan" in gan["workload"] and "val/modes >= 10" in gan["seen"]
