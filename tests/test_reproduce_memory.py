@@ -98,7 +98,7 @@ def test_8bit_adam_at_full_scale_trains_bert_finetune_on_the_gpu_and_judges_the_
     from optbench.commands.reproduce import claim
     from optbench.commands.reproduce.claim import Context
 
-    ctx = Context("full", tmp_path)
+    ctx = Context("full", tmp_path, data_root=str(tmp_path / "data"))  # CIFAR's place: the bundled text ignores it
     monkeypatch.setattr(claim, "has_gpu", lambda: False)
     outcome = memory.adam8bit(ctx)
     assert outcome.verdict == "out of reach" and "no CUDA GPU" in outcome.seen and "bert_finetune" in outcome.full_scale

@@ -73,8 +73,8 @@ class LoaderData:
         plain = copy.copy(self.train)  # shares the images, not the transform
         plain.transform = self.val.transform  # type: ignore[attr-defined]
         indices = list(range(self.num_train))
-        yield from self._read(plain, [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)],
-                              torch.Generator().manual_seed(0))
+        batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        yield from self._read(plain, batches, torch.Generator().manual_seed(0))
 
     def val_batches(self) -> Iterator[Batch]:
         indices = list(range(len(self.val)))  # type: ignore[arg-type]

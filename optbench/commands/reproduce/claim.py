@@ -123,21 +123,23 @@ class Context:
         """A context for `claim`'s folder, to share runs with it (two claims judged on one sweep)."""
         return Context(self.scale, claim_folder(self.folder.parent, claim), self.data_root, self.passed)
 
-    def on_data(self, recipe: str, data: str = "cifar10") -> list[str]:
+    def on_data(self, recipe: str, data: str | None = "cifar10") -> list[str]:
         """The overrides that run `recipe` on the chapter's data set `data` (cifar10 or imagenet)
-        where this command's `data.root` says it is."""
-        if self.data_root is None:
+        where this command's `data.root` says it is; `data=None`: data that ship with optbench."""
+        if self.data_root is None or data is None:
             return [f"recipe={recipe}"]
         return [f"recipe={recipe}", f"data.root={Path(self.data_root) / ('imagenet' if data == 'imagenet' else '')}"]
 
-    def missing(self, recipe: str, data: str = "cifar10", gpu: bool = True) -> str | None:
+    def missing(self, recipe: str, data: str | None = "cifar10", gpu: bool = True) -> str | None:
         """Why `recipe` cannot run here at its own settings (its data set is not where `data.root`
         points, no CUDA GPU), in words; None when it can. The data are checked by building them
         as the run's pre-flight does."""
         from optbench.config import job_config
         from optbench.errors import ConfigError
 
-        reasons = [] if not gpu or has_gpu() else ["no CUDA GPU here (the chapter runs these on GPUs: days on a CPU, or bitsandbytes without its CUDA kernels)"]
+        reasons = [] if not gpu or has_gpu() else [
+            "no CUDA GPU here (the chapter runs these on GPUs: days on a CPU, or bitsandbytes without its CUDA "
+            "kernels)"]
         try:
             job_config([*self.on_data(recipe, data), *self.passed])
         except ConfigError as e:

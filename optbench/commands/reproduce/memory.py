@@ -206,13 +206,14 @@ def adam8bit_on_gpu(ctx: Context) -> Outcome:
     workload = ("recipe bert_finetune (the BERT-like encoder on the bundled code_topics, AdamW 2e-5 body / 2e-4 head, "
                 "wd 0.01, 10% warmup + cosine, clip 1, 5 epochs) from a random start (no pre-training run), "
                 "optimizer=adamw vs adamw8bit, seeds 0, 1, 2, on the GPU")
-    if missing := ctx.missing("bert_finetune"):
+    if missing := ctx.missing("bert_finetune", data=None):
         return out_of_reach(missing, workload, ADAM8BIT_FULL)
     runs = ctx.sweep("bert_runs", [[f"optimizer={name}", f"trainer.seed={seed}"]
                                    for name in ("adamw", "adamw8bit") for seed in (0, 1, 2)], ["recipe=bert_finetune"])
     by_name = {name: sorted((r for r in runs if r.value("optimizer") == name), key=lambda r: r.value("trainer.seed"))
                for name in ("adamw", "adamw8bit")}
-    best = {name: [r.summary.get("best", {}).get("val/acc", math.nan) for r in group] for name, group in by_name.items()}
+    best = {name: [r.summary.get("best", {}).get("val/acc", math.nan) for r in group]
+            for name, group in by_name.items()}
     state = {name: group[0].summary["optimizer_state_bytes"] for name, group in by_name.items()}
     saving = 1 - state["adamw8bit"] / state["adamw"]
     performs, p, said = same_performance(best["adamw"], best["adamw8bit"])

@@ -367,7 +367,8 @@ def onecycle_speed(ctx: Context) -> Outcome:
     else:
         seeds, target = ctx.pick(smoke=[0], proxy=SEEDS), TARGET_ACC
         budget = ctx.pick(smoke=6, proxy=120)
-        runs = ctx.sweep("runs", [[f"scheduler={name}", f"trainer.seed={seed}"] for name in schedules for seed in seeds],
+        jobs = [[f"scheduler={name}", f"trainer.seed={seed}"] for name in schedules for seed in seeds]
+        runs = ctx.sweep("runs", jobs,
                          ["model=mlp", "data=digits", "optimizer=momentum", "optimizer.lr=0.1",
                           f"trainer.max_steps={budget}", "trainer.eval_every=3", *QUIET])
         workload = (f"stand-in: the MLP (2x256) on the bundled digits, SGD momentum 0.9 at LR 0.1 (OneCycle's peak), "
@@ -381,7 +382,7 @@ def onecycle_speed(ctx: Context) -> Outcome:
     return Outcome(
         verdict=verdict(onecycle_fastest(steps), proxy=ctx.scale != "full"),
         seen=(f"steps to validation accuracy >= {target} (seeds {', '.join(map(str, seeds))}; budget {budget}): "
-              + "; ".join(f"{names[k]} {shown_steps(v)} (median {'never' if math.isinf(medians[k]) else int(medians[k])})"
+              + "; ".join(f"{names[k]} {shown_steps(v)} (median {shown_steps([medians[k]])})"
                           for k, v in steps.items()) + "."),
         workload=workload,
         figures={"steps_to_target": {names[k]: recorded_steps(v) for k, v in steps.items()},
