@@ -191,10 +191,22 @@ def test_exercise1_rule_and_path_distance():
     a, b = [(0.0, 0.0), (1.0, 1.0)], [(0.0, 0.0), (1.0, 1.0005)]
     assert fo.path_distance(a, b) == pytest.approx(5e-4)
     assert fo.path_distance(a, a[:1]) == math.inf  # one diverged and stopped early
-    assert fo.exercise1_holds(1944, 4e-5)
+    assert fo.exercise1_holds(1944, 7e-16)
     assert not fo.exercise1_holds(None, 0.0)
-    assert not fo.exercise1_holds(1944, 2e-3)
+    assert not fo.exercise1_holds(1944, 4e-5)
     assert fo.folder_name("RMSprop + Nesterov (from scratch)") == "rmsprop_nesterov"
+
+
+def test_the_scratch_rmsprop_follows_torchs_path_in_float64_with_eps_0_and_parts_from_it_with_eps():
+    """Claim 19's parity: the chapter's formula and torch's coincide with eps 0 (to rounding, over the
+    first 300 steps); with eps 1e-8 inside the root (the chapter) and outside it (torch) they do not."""
+    def distance(eps: str) -> float:
+        pair = {"scratch": [*fo.SCRATCH_RMSPROP, "optimizer.lr=0.003", f"optimizer.eps={eps}"],
+                "torch": ["optimizer=rmsprop", "optimizer.alpha=0.9", "optimizer.lr=0.003", f"optimizer.eps={eps}"]}
+        return fo.path_distance(*fo.toy_paths(pair, fo.PARITY_STEPS, "float64").values())
+
+    assert distance("0") <= fo.PATH_TOLERANCE
+    assert distance("1e-8") > 1e3 * fo.PATH_TOLERANCE
 
 
 def test_adam_resumes_from_its_state_dict():

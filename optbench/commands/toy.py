@@ -111,13 +111,13 @@ def optimizer_configs(problem: Problem, overrides: list[str]) -> list[tuple[str,
     return result
 
 
-def trajectory(problem: Problem, node: DictConfig, steps: int) -> list[tuple[float, float]]:
-    """The points an optimizer visits from the problem's start, `steps` updates."""
+def trajectory(problem: Problem, node: DictConfig, steps: int, dtype: str = "float32") -> list[tuple[float, float]]:
+    """The points an optimizer visits from the problem's start, `steps` updates, computed in `dtype`."""
     import torch
 
     from optbench.build import optimizer_from
 
-    point = torch.tensor(problem.start, dtype=torch.float32, requires_grad=True)
+    point = torch.tensor(problem.start, dtype=getattr(torch, dtype), requires_grad=True)
     try:
         optimizer = optimizer_from(node, [point])
     except (TypeError, ValueError) as e:

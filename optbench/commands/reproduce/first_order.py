@@ -246,7 +246,13 @@ EXERCISE1 = {
                                           [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]),
 }
 RMSPROP = "RMSprop (from scratch)"
-PATH_TOLERANCE = 1e-3  # float32 paths: rounding, not a formula difference
+# The from-scratch RMSprop against torch's: the same formula only with eps 0 (the chapter puts eps
+# inside the root, sqrt(E[g^2] + eps), torch adds it after, sqrt(E[g^2]) + eps), in float64, over
+# the first 300 steps. Further on, the iterate bounces across the valley and any difference grows:
+# 7e-16 at step 300 becomes 2.3e-3 by step 1,000 in float64 (0.0068 in float32 on an AVX2 CPU,
+# under 1e-3 on an AVX-512 one), which measures that amplification, not the formula.
+PARITY_STEPS = 300
+PATH_TOLERANCE = 1e-9
 
 
 def toy_results(folder: Path, lrs: list[float]) -> list[tuple[float, int | None, float]]:
@@ -277,12 +283,13 @@ def exercise1_holds(steps_to_threshold: int | None, path_distance: float) -> boo
     return steps_to_threshold is not None and path_distance <= PATH_TOLERANCE
 
 
-def toy_paths(overrides: dict[str, list[str]], steps: int) -> dict[str, list[tuple[float, float]]]:
-    """label -> the path `optbench toy` computes for those overrides, on Rosenbrock."""
+def toy_paths(overrides: dict[str, list[str]], steps: int,
+              dtype: str = "float32") -> dict[str, list[tuple[float, float]]]:
+    """label -> the path `optbench toy` computes for those overrides, on Rosenbrock, in `dtype`."""
     from optbench.commands import toy
 
     problem = toy.PROBLEMS["rosenbrock"]
-    return {label: toy.trajectory(problem, toy.optimizer_configs(problem, args)[0][1], steps)
+    return {label: toy.trajectory(problem, toy.optimizer_configs(problem, args)[0][1], steps, dtype)
             for label, args in overrides.items()}
 
 
@@ -308,15 +315,17 @@ def rmsprop_on_rosenbrock(ctx: Context) -> Outcome:
     ctx.save_figure(toy.draw(toy.PROBLEMS["rosenbrock"], "rosenbrock, each optimizer at its best LR", paths),
                     "best_lr_paths")
     lr = chosen[RMSPROP][0]
-    torch_args = ["optimizer=rmsprop", "optimizer.alpha=0.9", f"optimizer.lr={lr}"]
-    distance = ctx.cached("rmsprop_vs_torch", lambda: path_distance(
-        paths[f"{RMSPROP} lr={lr:g}"], toy_paths({"torch": torch_args}, steps)["torch"]))
+    pair = {"scratch": [*at_best[f"{RMSPROP} lr={lr:g}"], "optimizer.eps=0"],
+            "torch": ["optimizer=rmsprop", "optimizer.alpha=0.9", f"optimizer.lr={lr}", "optimizer.eps=0"]}
+    distance = ctx.cached("rmsprop_vs_torch_float64",
+                          lambda: path_distance(*toy_paths(pair, min(steps, PARITY_STEPS), "float64").values()))
     shown = "; ".join(f"{label} {'never' if s is None else s} (lr {lr_:g}{edge(lr_, grids[label])}, "
                       f"final {final:.2g})" for label, (lr_, s, final) in chosen.items())
     return Outcome(
         verdict=verdict(exercise1_holds(chosen[RMSPROP][1], distance), proxy=False),
         seen=(f"iterations to loss < {THRESHOLD:g} at each one's best LR: {shown}. The from-scratch RMSprop's path "
-              f"stays within {distance:.2g} of torch.optim.RMSprop's at lr {lr:g}."),
+              f"stays within {distance:.2g} of torch.optim.RMSprop's at lr {lr:g} over the first "
+              f"{min(steps, PARITY_STEPS)} steps (float64, eps 0)."),
         workload=f"optbench toy --function rosenbrock from (-1.5, 2), {steps} iterations, float32; LR grids "
                  + "; ".join(f"{label}: {lrs}" for label, lrs in grids.items())
                  + "; RMSprop alpha 0.9, eps 1e-8, Nesterov momentum 0.9",
@@ -366,7 +375,9 @@ CLAIMS = [
           f"The chapter states no expectation of RMSprop against SGD or Adam here, so the claim checked is that "
           f"the from-scratch RMSprop works: at its best LR of its grid (fewest iterations) it reaches f - min f < "
           f"{THRESHOLD:g} from (-1.5, 2) within 5,000 iterations, and its path stays within {PATH_TOLERANCE:g} of "
-          f"torch.optim.RMSprop's at that LR at every step. SGD, Adam and RMSprop with Nesterov momentum are each "
+          f"torch.optim.RMSprop's at that LR over the first {PARITY_STEPS} steps, both in float64 with eps 0 (where "
+          f"the chapter's eps inside the root and torch's after it coincide; later, the bouncing along the "
+          f"valley amplifies any rounding difference). SGD, Adam and RMSprop with Nesterov momentum are each "
           f"run at their own best LR and reported, not judged.",
           rmsprop_on_rosenbrock),
 ]
