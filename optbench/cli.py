@@ -17,7 +17,6 @@ from optbench.commands.common import reports_bad_input
 from optbench.errors import ConfigError
 
 
-
 def _skip_exit_collections() -> None:
     """At exit CPython runs full garbage collections while it tears the modules down: with torch
     and its compiler stack loaded, about half a second of every command, for memory the OS frees

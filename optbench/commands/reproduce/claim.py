@@ -99,6 +99,12 @@ def listed(values: Sequence[Any], digits: int = 3) -> str:
                      else f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in values)
 
 
+def by_optimizer(runs: Sequence[Run], names: Sequence[str]) -> dict[str, list[Run]]:
+    """Each optimizer option's runs, in seed order (the order a paired test pairs them in)."""
+    return {name: sorted((r for r in runs if r.value("optimizer") == name), key=lambda r: r.value("trainer.seed"))
+            for name in names}
+
+
 def has_gpu() -> bool:
     """Whether this machine has a CUDA GPU: the chapter's CIFAR-10 and ImageNet runs take days on a CPU."""
     import torch

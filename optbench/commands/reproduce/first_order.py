@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optbench.commands.reproduce.claim import Claim, Context, Outcome, listed, out_of_reach, verdict
+from optbench.commands.reproduce.claim import Claim, Context, Outcome, by_optimizer, listed, out_of_reach, verdict
 
 if TYPE_CHECKING:
     import torch
@@ -213,8 +213,7 @@ def adam_l2_vs_adamw(ctx: Context) -> Outcome:
         runs = ctx.sweep("runs", jobs(seeds), ["recipe=adam_vs_adamw", *ctx.pick(smoke=["smoke=true"], proxy=[])])
         workload = (f"stand-in: recipe adam_vs_adamw, MLP (2 x 256) on the 8x8 digits, lr 1e-3, weight decay 0.1, "
                     f"{max(r.summary.get('steps', 0) for r in runs)} steps, {len(seeds)} seed(s)")
-    by_name = {name: sorted((r for r in runs if r.value("optimizer") == name), key=lambda r: r.value("trainer.seed"))
-               for name in ("adam", "adamw")}
+    by_name = by_optimizer(runs, ("adam", "adamw"))
     norms = {name: [final_weight_norm(r) for r in group] for name, group in by_name.items()}
     accs = {name: [r.summary.get("best", {}).get("val/acc", math.nan) for r in group]
             for name, group in by_name.items()}

@@ -14,7 +14,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from optbench.commands.reproduce.claim import Claim, ClaimFailed, Context, Outcome, listed, out_of_reach, verdict
+from optbench.commands.reproduce.claim import (
+    Claim, ClaimFailed, Context, Outcome, by_optimizer, listed, out_of_reach, verdict,
+)
 
 FP32 = 4  # bytes of a float32 parameter: state is reported in fp32 copies of the parameters
 
@@ -210,8 +212,7 @@ def adam8bit_on_gpu(ctx: Context) -> Outcome:
         return out_of_reach(missing, workload, ADAM8BIT_FULL)
     runs = ctx.sweep("bert_runs", [[f"optimizer={name}", f"trainer.seed={seed}"]
                                    for name in ("adamw", "adamw8bit") for seed in (0, 1, 2)], ["recipe=bert_finetune"])
-    by_name = {name: sorted((r for r in runs if r.value("optimizer") == name), key=lambda r: r.value("trainer.seed"))
-               for name in ("adamw", "adamw8bit")}
+    by_name = by_optimizer(runs, ("adamw", "adamw8bit"))
     best = {name: [r.summary.get("best", {}).get("val/acc", math.nan) for r in group]
             for name, group in by_name.items()}
     state = {name: group[0].summary["optimizer_state_bytes"] for name, group in by_name.items()}

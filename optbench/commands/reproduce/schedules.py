@@ -418,16 +418,15 @@ def scheduler_ablation(ctx: Context) -> Outcome:
         if missing := ctx.missing("scheduler_ablation"):
             return out_of_reach(missing, f"{CIFAR_WORKLOAD}; the five schedules, 3 seeds", ABLATION_FULL)
         runs, target, seeds = cifar_ablation(ctx, ABLATION), CIFAR10_TARGET, SEEDS_FULL
-        budget = max(r.summary.get("steps", 0) for r in runs)
-        workload = f"{CIFAR_WORKLOAD} ({budget} steps); the five schedules, {len(seeds)} seeds"
     else:
         seeds, target = ctx.pick(smoke=[0], proxy=SEEDS), TARGET_ACC
         runs = ctx.sweep("runs", [[f"scheduler={name}", f"trainer.seed={seed}"] for name in ABLATION for seed in seeds],
                          ["recipe=digits_scheduler_ablation", *ctx.pick(smoke=["smoke=true"], proxy=[]), *QUIET])
-        budget = max(r.summary.get("steps", 0) for r in runs)
-        workload = (f"stand-in: recipe digits_scheduler_ablation (ResNet-20 on the 8x8 digits, SGD momentum 0.9, LR "
-                    f"0.1, weight decay 5e-4, {budget} steps, evaluated every 4), {len(seeds)} seed(s), the five "
-                    f"schedules")
+    budget = max(r.summary.get("steps", 0) for r in runs)
+    workload = (f"{CIFAR_WORKLOAD} ({budget} steps); the five schedules, {len(seeds)} seeds" if ctx.scale == "full"
+                else f"stand-in: recipe digits_scheduler_ablation (ResNet-20 on the 8x8 digits, SGD momentum 0.9, LR "
+                     f"0.1, weight decay 5e-4, {budget} steps, evaluated every 4), {len(seeds)} seed(s), the five "
+                     f"schedules")
     final, steps = by_schedule(runs, final_acc), by_schedule(runs, lambda run: steps_to_target(run, target))
     best, fastest = ablation_ranking(final, steps)
     save_curves(ctx, runs, "curves")
