@@ -50,16 +50,20 @@ static int64_t block_end(int64_t start, int64_t n) {
 
 #define real float
 #define sqrt_real sqrtf
+#define fabs_real fabsf
 #define NAME(base) base##_float32
 #include "kernels_step.h"
 #undef real
 #undef sqrt_real
+#undef fabs_real
 #undef NAME
 
 #define real double
 #define sqrt_real sqrt
+#define fabs_real fabs
 #define NAME(base) base##_float64
 #include "kernels_step.h"
 #undef real
 #undef sqrt_real
+#undef fabs_real
 #undef NAME

@@ -95,12 +95,16 @@ void NAME(sophia_step)(int64_t count, real *const *params, const real *const *gr
         const int64_t n = sizes[k];
         #pragma omp parallel for simd num_threads(threads) if(n >= PARALLEL_MIN) schedule(static)
         for (int64_t i = 0; i < n; i++) {
-            /* m_i in a register, selects rather than int arithmetic: the loop vectorises */
+            /* Comparisons as numbers, and the clip a select of its own: GCC 12 left a loop with
+             * nested selects, or a select inside a product, scalar with a branch per element on AVX2
+             * (9x fused AdamW's step time on an AMD EPYC). -fno-trapping-math (native.FLAGS) lets it
+             * compute both sides of a select. */
             const real mi = m[i] * b1 + g[i] * a1;
             m[i] = mi;
-            const real sign = mi > 0 ? (real)1 : (mi < 0 ? (real)-1 : (real)0);
-            const real ratio = (mi < 0 ? -mi : mi) / (r * h[i] + e);
-            p[i] = p[i] * decay - eta * sign * (ratio > 1 ? (real)1 : ratio);
+            const real sign = (real)((mi > 0) - (mi < 0));
+            const real ratio = fabs_real(mi) / (r * h[i] + e);
+            const real clipped = ratio > 1 ? (real)1 : ratio;
+            p[i] = p[i] * decay - eta * sign * clipped;
         }
     }
 }

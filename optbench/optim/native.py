@@ -43,8 +43,9 @@ log = logging.getLogger("optbench")
 
 HERE = Path(__file__).parent
 SOURCES = ("kernels.c", "kernels_step.h")
-# -Werror=missing-prototypes: a kernel defined in C but missing from KERNELS fails the build too.
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-Werror=missing-prototypes", "-shared", "-fPIC")
+# -fno-trapping-math: no kernel relies on floating-point traps, and without it GCC keeps selects as
+# branches (kernels_step.h's SophiaG). -Werror=missing-prototypes: a kernel defined in C but missing from KERNELS fails the build too.
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Werror=missing-prototypes", "-shared", "-fPIC")
 DTYPES = {torch.float32: ("float32", "float"), torch.float64: ("float64", "double")}  # suffix, C type
 PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
@@ -121,21 +122,27 @@ def prototypes() -> str:
     return "\n".join(lines) + "\n"
 
 
+def compiler() -> str:
+    return os.environ.get("CC", "cc")
+
+
+def source() -> str:
+    """What the compiler reads: kernels.c after the prototypes, so that it rejects a definition whose
+    types differ from them. kernels.c by its full path: from standard input, a quoted include looks in
+    the working folder first."""
+    return f'{prototypes()}#include "{HERE / "kernels.c"}"\n'
+
+
 def _build() -> Path:
     """The shared library for this source, compiler and CPU, compiled unless already cached."""
-    compiler = os.environ.get("CC", "cc")
-    declarations = prototypes()
-    key = hashlib.sha256(b"\0".join([declarations.encode(), *(HERE.joinpath(s).read_bytes() for s in SOURCES),
-                                     compiler.encode(), " ".join(FLAGS).encode(), _cpu()]))
+    key = hashlib.sha256(b"\0".join([prototypes().encode(), *(HERE.joinpath(s).read_bytes() for s in SOURCES),
+                                     compiler().encode(), " ".join(FLAGS).encode(), _cpu()]))
     target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
     if not target.exists():
         log.info("compiling optbench's C kernels for LAMB, LARS, Lion and SophiaG (once: cached in %s)", target.parent)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        # kernels.c after the prototypes: the compiler rejects a definition whose types differ from
-        # them. Its full path: from standard input, a quoted include looks in the working folder first.
-        source = f'{declarations}#include "{HERE / "kernels.c"}"\n'
-        subprocess.run([compiler, *FLAGS, "-x", "c", "-", "-o", str(partial)], input=source,
+        subprocess.run([compiler(), *FLAGS, "-x", "c", "-", "-o", str(partial)], input=source(),
                        check=True, capture_output=True, text=True, timeout=300)
         partial.replace(target)  # atomic: another process sees no library or a whole one
     return target
