@@ -3,11 +3,14 @@ four, and optbench's C kernels of LAMB, LARS, Lion and Sophia (float64 to 1e-12,
 
 from __future__ import annotations
 
+import copy
+import gc
 import logging
 import os
 import re
 import shutil
 import subprocess
+import weakref
 
 import pytest
 import torch
@@ -119,6 +122,54 @@ def test_c_kernels_leave_what_they_cannot_step(kernels):
     assert not native.usable(None, [[matrix[:, :2]], [torch.randn(4, 2)]])  # strided, not dense
 
 
+@pytest.mark.parametrize("name", ["lamb", "lars", "lion", "sophia"])
+def test_what_changes_between_steps_is_checked_again(name, kernels):
+    """A step keeps its packing to check the next step's parameters and state against it (only the
+    gradients, new each step, are checked in full). A parameter moved to new storage (`p.data = ...`,
+    as `Module.to` does), one laid out otherwise, and state replaced by `load_state_dict` are seen:
+    the C kernel steps them again or the plain path takes over, equal to the plain path throughout."""
+    fast_p, plain_p = make_params(), make_params()
+    fast, plain = OPTIMIZERS[name](fast_p, None), OPTIMIZERS[name](plain_p, False)
+    changes = {
+        3: lambda: fast_p[0].data.__setitem__(slice(None), fast_p[0].data.clone()),  # in place: same storage
+        5: lambda: setattr(fast_p[1], "data", fast_p[1].data.clone()),  # new storage
+        7: lambda: setattr(fast_p[0], "data", fast_p[0].data.t().contiguous().t()),  # column-major: plain path
+        9: lambda: setattr(fast_p[0], "data", fast_p[0].data.contiguous()),  # row-major again
+        11: lambda: fast.load_state_dict(fused_state(plain)),  # new state tensors
+    }
+    ran, step = [], native.step
+
+    def fused_state(optimizer: torch.optim.Optimizer) -> dict:
+        state = copy.deepcopy(optimizer.state_dict())
+        for group in state["param_groups"]:
+            group["fused"] = None  # the plain optimizer's groups say False
+        return state
+
+    def after_step(number: int) -> None:
+        if number in changes:
+            changes[number]()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(native, "step", lambda kernel, *a, **kw: (ran.append(kernel), step(kernel, *a, **kw)))
+        assert run_side_by_side(fast, fast_p, plain, plain_p, steps=14, after_step=after_step) <= 1e-12
+    assert len(ran) == 12  # the kernel stepped but for the two column-major steps
+
+
+def test_the_packing_kept_between_steps_holds_no_gradient(kernels):
+    """The gradients of a step are freed when the model's are (`zero_grad`): the packing kept for the
+    next step's checks would otherwise hold a model's worth of memory."""
+    params = make_params()
+    optimizer = Lion(params, lr=1e-2)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    gone = [weakref.ref(p.grad) for p in params]
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    assert all(ref() is None for ref in gone)
+    assert optimizer._packed  # and a packing is kept
+
+
 def test_c_kernels_fall_back_without_a_compiler(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("OPTBENCH_CACHE", str(tmp_path / "cache"))
@@ -156,19 +207,25 @@ def test_fused_falls_back_when_compiling_fails(monkeypatch, caplog):
 def test_every_element_loop_of_the_c_kernels_vectorises(tmp_path):
     """GCC's vectoriser report on the kernels as native.py builds them: a loop over elements left
     scalar is a step several times slower (SophiaG's was 9x fused AdamW's on an AVX2 CPU, left with a
-    branch per element). Only loops over a kernel's tensors (`for (int64_t k ...`) may stay scalar."""
+    branch per element). An element loop is written with FOR_EACH_ELEMENT or SUM_IN_BLOCKS (two
+    versions each: split across threads or not), for two element types: each must be reported
+    vectorised four times or more, and a loop left scalar for control flow must be a loop over
+    tensors (`for (int64_t k ...`)."""
     compiler = native.compiler()
     if shutil.which(compiler) is None:
         pytest.skip(f"no C compiler {compiler!r} here")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     if "Free Software Foundation" not in version:
         pytest.skip(f"{compiler} is not GCC, whose -fopt-info report this test reads")
-    report = subprocess.run([compiler, *native.FLAGS, "-fopt-info-vec-missed", "-x", "c", "-", "-o",
+    report = subprocess.run([compiler, *native.FLAGS, "-fopt-info-vec-all", "-x", "c", "-", "-o",
                              str(tmp_path / "kernels.so")], input=native.source(), capture_output=True,
                             text=True, check=True).stderr
     lines = (native.HERE / "kernels_step.h").read_text().splitlines()
-    scalar = {int(number) for number in re.findall(r"kernels_step\.h:(\d+):\d+: missed: not vectorized", report)}
-    assert scalar, "GCC reported no loop at all: the report's format changed"  # the loops over tensors are in it
-    for number in sorted(scalar):
-        assert lines[number - 1].strip().startswith("for (int64_t k = 0;"), \
-            f"kernels_step.h:{number} is not vectorised: {lines[number - 1].strip()}"
+    element_loops = [n for n, line in enumerate(lines, 1) if line.strip().startswith(("FOR_EACH_ELEMENT(", "SUM_IN_BLOCKS("))]
+    assert len(element_loops) == 6  # LAMB's two passes, LARS's two, Lion's, SophiaG's
+    vectorised = re.findall(r"kernels_step\.h:(\d+):\d+: optimized: loop vectorized", report)
+    for number in element_loops:
+        assert vectorised.count(str(number)) >= 4, f"kernels_step.h:{number} is not vectorised: {lines[number - 1].strip()}"
+    for number in set(re.findall(r"kernels_step\.h:(\d+):\d+: missed: not vectorized: control flow", report)):
+        assert lines[int(number) - 1].strip().startswith("for (int64_t k = 0;"), \
+            f"kernels_step.h:{number} is left scalar: {lines[int(number) - 1].strip()}"

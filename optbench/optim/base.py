@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from optbench.optim import native
 
 log = logging.getLogger("optbench")
 
@@ -133,6 +136,10 @@ class FusableOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             group.setdefault("fused", None)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.pop("_packed", None)  # it holds the state tensors that are about to be replaced
+        super().load_state_dict(state_dict)
+
     def zero_state(self, p: Tensor, *names: str) -> dict[str, Tensor]:
         """The state of parameter `p`, with the tensors `names` created as zeros on its first step."""
         state = self.state[p]
@@ -141,15 +148,41 @@ class FusableOptimizer(torch.optim.Optimizer):
                 state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
-    def groups_to_step(self) -> Iterator[tuple[dict[str, Any], list[Tensor]]]:
-        """Each parameter group with its parameters that have a gradient this step; groups
-        without any are left out."""
+    def zero_states(self, params: list[Tensor], *names: str) -> list[list[Tensor]]:
+        """For each of `names`, that state tensor of each of `params` (`zero_state`'s), in loops that
+        run in C (map): with thousands of small tensors, per-tensor Python is most of a step."""
+        states = list(map(self.state.__getitem__, params))  # a defaultdict: a new parameter's is {}
+        if not all(states):
+            states = [self.zero_state(p, *names) for p in params]
+        return [list(map(itemgetter(name), states)) for name in names]
+
+    def groups_to_step(self) -> Iterator[tuple[dict[str, Any], list[Tensor], list[Tensor]]]:
+        """Each parameter group with its parameters that have a gradient this step, and their
+        gradients; groups without any are left out."""
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if any(p.grad.is_sparse for p in params):
+            grads = list(map(_GRAD, group["params"]))
+            params = group["params"]
+            if not all(g is not None for g in grads):
+                params = [p for p, g in zip(params, grads) if g is not None]
+                grads = [g for g in grads if g is not None]
+            if any(map(_IS_SPARSE, grads)):
                 raise RuntimeError("optbench's optimizers do not support sparse gradients")
             if params:
-                yield group, params
+                yield group, params, grads
+
+    def pack(self, group: dict[str, Any], tensor_lists: list[list[Tensor]]) -> native.Packed | None:
+        """`native.usable` for a group's tensors, told what they were at the group's last step: the
+        parameters and the state, the same tensors step after step, are not checked again."""
+        known = self.__dict__.setdefault("_packed", {})  # an attribute, not state: never saved or copied
+        packed = native.usable(group["fused"], tensor_lists, known.get(id(group)))
+        if packed is None:
+            known.pop(id(group), None)
+        else:
+            known[id(group)] = packed.without_gradients()
+        return packed
+
+
+_GRAD, _IS_SPARSE = attrgetter("grad"), attrgetter("is_sparse")
 
 
 class TrustRatioOptimizer(FusableOptimizer):

@@ -15,7 +15,7 @@
 
 /* Elements summed in `real` (in vector registers) before the sum joins a double accumulator. */
 #define BLOCK 2048
-/* Tensors smaller than this run on one thread: waking the others costs more than they save. */
+/* Tensors smaller than this run on the calling thread: waking the others costs more than they save. */
 #define PARALLEL_MIN 65536
 
 /* coefficient * w / u, or 1 where either norm is zero: optbench.optim.base.trust_ratio. */
@@ -30,14 +30,28 @@ static int64_t block_end(int64_t start, int64_t n) {
 /* A pragma inside a macro: #pragma cannot be written there, _Pragma("...") can. */
 #define PRAGMA(...) _Pragma(#__VA_ARGS__)
 
-/* The one pass of LAMB and LARS that reduces a tensor's two norms: runs BODY for each i in [0, n),
- * in blocks of BLOCK elements, each block one vectorised loop, the blocks split across `threads`
- * threads where n is large. BODY adds to the `real`s `block_a` and `block_b`; their sums over all
- * blocks are added to the doubles SUM_A and SUM_B. */
-#define SUM_IN_BLOCKS(n, threads, sum_a, sum_b, ...)                                               \
-    PRAGMA(omp parallel for num_threads(threads) if(n >= PARALLEL_MIN)                              \
-           reduction(+:sum_a, sum_b) schedule(static))                                              \
-    for (int64_t start = 0; start < n; start += BLOCK) {                                            \
+/* Whether a tensor of n elements is split across threads. Where not, the loop runs outside OpenMP
+ * altogether: a parallel region with an if() clause that is false still calls into the runtime, about
+ * 0.6 µs a tensor, most of a step over thousands of small tensors. */
+#define SPLIT(n, threads) ((n) >= PARALLEL_MIN && (threads) > 1)
+
+/* BODY for each i in [0, n), one vectorised loop, split across `threads` threads where SPLIT. */
+#define FOR_EACH_ELEMENT(n, threads, ...)                                                          \
+    if (SPLIT(n, threads)) {                                                                        \
+        PRAGMA(omp parallel for simd num_threads(threads) schedule(static))                         \
+        for (int64_t i = 0; i < n; i++) {                                                           \
+            __VA_ARGS__                                                                             \
+        }                                                                                           \
+    } else {                                                                                        \
+        PRAGMA(omp simd)                                                                            \
+        for (int64_t i = 0; i < n; i++) {                                                           \
+            __VA_ARGS__                                                                             \
+        }                                                                                           \
+    }
+
+/* One block of SUM_IN_BLOCKS: BODY for each i in [start, end), adding to block_a and block_b. */
+#define SUM_BLOCK(n, sum_a, sum_b, ...)                                                            \
+    {                                                                                               \
         const int64_t end = block_end(start, n);                                                    \
         real block_a = 0, block_b = 0;                                                              \
         PRAGMA(omp simd reduction(+:block_a, block_b))                                              \
@@ -46,6 +60,20 @@ static int64_t block_end(int64_t start, int64_t n) {
         }                                                                                           \
         sum_a += block_a;                                                                           \
         sum_b += block_b;                                                                           \
+    }
+
+/* The one pass of LAMB and LARS that reduces a tensor's two norms: runs BODY for each i in [0, n),
+ * in blocks of BLOCK elements, each block one vectorised loop, the blocks split across `threads`
+ * threads where SPLIT. BODY adds to the `real`s `block_a` and `block_b`; their sums over all
+ * blocks are added to the doubles SUM_A and SUM_B. */
+#define SUM_IN_BLOCKS(n, threads, sum_a, sum_b, ...)                                               \
+    if (SPLIT(n, threads)) {                                                                        \
+        PRAGMA(omp parallel for num_threads(threads) reduction(+:sum_a, sum_b) schedule(static))    \
+        for (int64_t start = 0; start < n; start += BLOCK)                                          \
+            SUM_BLOCK(n, sum_a, sum_b, __VA_ARGS__)                                                 \
+    } else {                                                                                        \
+        for (int64_t start = 0; start < n; start += BLOCK)                                          \
+            SUM_BLOCK(n, sum_a, sum_b, __VA_ARGS__)                                                 \
     }
 
 #define real float

@@ -29,9 +29,9 @@ void NAME(lamb_step)(int64_t count, real *const *params, const real *const *grad
             block_b += u[i] * u[i];
         )
         const real step = -lr * trust_ratio(sqrt(param_sq), sqrt(update_sq), 1.0);
-        #pragma omp parallel for simd num_threads(threads) if(n >= PARALLEL_MIN) schedule(static)
-        for (int64_t i = 0; i < n; i++)
+        FOR_EACH_ELEMENT(n, threads,
             p[i] += u[i] * step;
+        )
     }
 }
 
@@ -52,11 +52,10 @@ void NAME(lars_step)(int64_t count, real *const *params, const real *const *grad
         )
         const double w_norm = sqrt(param_sq);
         const real local_lr = trust_ratio(w_norm, sqrt(grad_sq) + weight_decay * w_norm + eps, trust_coefficient);
-        #pragma omp parallel for simd num_threads(threads) if(n >= PARALLEL_MIN) schedule(static)
-        for (int64_t i = 0; i < n; i++) {
+        FOR_EACH_ELEMENT(n, threads,
             buf[i] = buf[i] * mu + local_lr * (g[i] + wd * w[i]);
             w[i] -= gamma * buf[i];
-        }
+        )
     }
 }
 
@@ -72,13 +71,12 @@ void NAME(lion_step)(int64_t count, real *const *params, const real *const *grad
         real *restrict p = params[k], *restrict m = exp_avgs[k];
         const real *restrict g = grads[k];
         const int64_t n = sizes[k];
-        #pragma omp parallel for simd num_threads(threads) if(n >= PARALLEL_MIN) schedule(static)
-        for (int64_t i = 0; i < n; i++) {
+        FOR_EACH_ELEMENT(n, threads,
             const real c = m[i] * b1 + g[i] * a1;
             const real sign = (c > 0) - (c < 0);
             p[i] = p[i] * decay - eta * sign;
             m[i] = m[i] * b2 + g[i] * a2;
-        }
+        )
     }
 }
 
@@ -93,8 +91,7 @@ void NAME(sophia_step)(int64_t count, real *const *params, const real *const *gr
         real *restrict p = params[k], *restrict m = exp_avgs[k];
         const real *restrict g = grads[k], *restrict h = hessians[k];
         const int64_t n = sizes[k];
-        #pragma omp parallel for simd num_threads(threads) if(n >= PARALLEL_MIN) schedule(static)
-        for (int64_t i = 0; i < n; i++) {
+        FOR_EACH_ELEMENT(n, threads,
             /* Comparisons as numbers, and the clip a select of its own: GCC 12 left a loop with
              * nested selects, or a select inside a product, scalar with a branch per element on AVX2
              * (9x fused AdamW's step time on an AMD EPYC). -fno-trapping-math (native.FLAGS) lets it
@@ -105,6 +102,6 @@ void NAME(sophia_step)(int64_t count, real *const *params, const real *const *gr
             const real ratio = fabs_real(mi) / (r * h[i] + e);
             const real clipped = ratio > 1 ? (real)1 : ratio;
             p[i] = p[i] * decay - eta * sign * clipped;
-        }
+        )
     }
 }

@@ -62,20 +62,13 @@ class Lamb(TrustRatioOptimizer):
     def step(self, closure: Any = None) -> Any:
         loss = evaluate_closure(closure)
         kept_ratios = self.trust_ratios_to_keep()
-        for group, params in self.groups_to_step():
+        for group, params, grads in self.groups_to_step():
             beta1, beta2 = group["betas"]
-            states = [self.zero_state(p, "exp_avg", "exp_avg_sq") for p in params]
-            for state in states:
-                if "step" not in state:
-                    state["step"] = torch.tensor(0.0)
-                state["step"] += 1
-            steps = [state["step"].item() for state in states]
-            grads = [p.grad for p in params]
-            exp_avgs = [state["exp_avg"] for state in states]
-            exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+            exp_avgs, exp_avg_sqs = self.zero_states(params, "exp_avg", "exp_avg_sq")
+            steps = self._count_step(params)
             bias_corrections1, bias_corrections2 = [1 - beta1**t for t in steps], [1 - beta2**t for t in steps]
             hyper = dict(beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
-            in_c = native.usable(group["fused"], [params, grads, exp_avgs, exp_avg_sqs])
+            in_c = self.pack(group, [params, grads, exp_avgs, exp_avg_sqs])
             if in_c and kept_ratios is None:
                 native.step("lamb_step", in_c, bias_corrections1=bias_corrections1,
                             bias_corrections2=bias_corrections2, scratch=self._update_buffer(params),
@@ -90,6 +83,18 @@ class Lamb(TrustRatioOptimizer):
             if kept_ratios is not None:
                 kept_ratios.update(zip(params, ratios.unbind()))
         return loss
+
+    def _count_step(self, params: list[Tensor]) -> list[float]:
+        """Each parameter's step number, counted up by one. Kept as a tensor in each parameter's state,
+        as torch's Adam keeps it; counted in one call for all and read in one copy (a `+= 1` and an
+        `.item()` per tensor took most of a step over thousands of small tensors)."""
+        states = list(map(self.state.__getitem__, params))
+        for state in states:
+            if "step" not in state:
+                state["step"] = torch.tensor(0.0)
+        counters = [state["step"] for state in states]
+        torch._foreach_add_(counters, 1.0)
+        return torch.stack(counters).tolist()
 
     def _update_buffer(self, params: list[Tensor]) -> Tensor:
         """Room for one tensor's update u in the C kernel, kept between steps (not state): a fresh

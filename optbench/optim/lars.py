@@ -97,10 +97,9 @@ class Lars(TrustRatioOptimizer):
     def step(self, closure: Any = None) -> Any:
         loss = evaluate_closure(closure)
         kept_ratios = self.trust_ratios_to_keep()
-        for group, params in self.groups_to_step():
+        for group, params, grads in self.groups_to_step():
             # A zero buffer makes the first step v = λ(g + βw), as torch's SGD starts it.
-            buffers = [self.zero_state(p, "momentum_buffer")["momentum_buffer"] for p in params]
-            grads = [p.grad for p in params]
+            (buffers,) = self.zero_states(params, "momentum_buffer")
             if not _adapts(group):
                 if kept_ratios is not None:
                     kept_ratios.update((p, torch.ones((), dtype=p.dtype, device=p.device)) for p in params)
@@ -113,7 +112,7 @@ class Lars(TrustRatioOptimizer):
                                    weight_decay=group["weight_decay"], trust_coefficient=group["trust_coefficient"],
                                    eps=group["eps"])
                 kept_ratios.update(zip(params, ratios.unbind()))
-            if packed := native.usable(group["fused"], [params, grads, buffers]):
+            if packed := self.pack(group, [params, grads, buffers]):
                 native.step("lars_step", packed, **hyper)
                 continue
             # Norms outside the kernel: ATen's multi-threaded reductions beat compiled ones on CPU.

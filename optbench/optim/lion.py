@@ -51,12 +51,11 @@ class Lion(FusableOptimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = evaluate_closure(closure)
-        for group, params in self.groups_to_step():
+        for group, params, grads in self.groups_to_step():
             beta1, beta2 = group["betas"]
-            grads = [p.grad for p in params]
-            exp_avgs = [self.zero_state(p, "exp_avg")["exp_avg"] for p in params]
+            (exp_avgs,) = self.zero_states(params, "exp_avg")
             hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"])
-            if packed := native.usable(group["fused"], [params, grads, exp_avgs]):
+            if packed := self.pack(group, [params, grads, exp_avgs]):
                 native.step("lion_step", packed, **hyper)
             else:
                 _kernel(group["fused"], params, grads, exp_avgs, **hyper)

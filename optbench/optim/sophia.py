@@ -97,12 +97,11 @@ class SophiaG(FusableOptimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = evaluate_closure(closure)
-        for group, params in self.groups_to_step():
-            states = [self._state(p) for p in params]
-            tensors = [params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["hessian"] for s in states]]
+        for group, params, grads in self.groups_to_step():
+            tensors = [params, grads, *self.zero_states(params, "exp_avg", "hessian")]
             hyper = dict(lr=group["lr"], beta1=group["betas"][0], rho=group["rho"],
                          weight_decay=group["weight_decay"], eps=group["eps"])
-            if packed := native.usable(group["fused"], tensors):
+            if packed := self.pack(group, tensors):
                 native.step("sophia_step", packed, **hyper)
             else:
                 _kernel(group["fused"], *tensors, **hyper)
