@@ -10,6 +10,8 @@ diagnostics and the EMA (of the whole model, after the generator's update) apply
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -39,6 +41,7 @@ class GANTrainer(Trainer):
                 say_compiling(f"the {name}")
                 getattr(self.model, name).compile()  # in place: its state_dict keys stay as they are
         self.d_update = self._network_update(self.model.discriminator, "d", ema=None)
+        self._d_weights = [p for p in self.model.discriminator.parameters() if p.requires_grad]
         self._d_loss_sum = torch.zeros((), device=self.device)
         self._d_loss_count = 0
         self._label_cache = (torch.ones(0, 1), torch.zeros(0, 1))
@@ -52,10 +55,9 @@ class GANTrainer(Trainer):
         scheduler = build_scheduler(self.cfg.gan[f"{name}_scheduler"], optimizer, self.total_steps,
                                     self.steps_per_epoch, base_lr.value)
         diagnostics = Diagnostics(net, optimizer, self.tc.diagnostics_every)
-        # The generator's backward leaves gradients on the discriminator, which D's update clears
-        # first; D's loss sees the fakes detached, so nothing but G's own update writes G's.
-        return UpdateStep(net, optimizer, self.tc, self.device, scheduler, ema, diagnostics,
-                          foreign_grads=name == "d")
+        # foreign_grads=False: D's loss sees the fakes detached, and G's update runs with D's weights
+        # frozen (train_step), so each network's gradients come from its own update alone.
+        return UpdateStep(net, optimizer, self.tc, self.device, scheduler, ema, diagnostics, foreign_grads=False)
 
     def train_step(self, micro_batches: list[Batch], measure: bool) -> StepResult:
         """One discriminator update, then one generator update; the generator's result."""
@@ -75,8 +77,10 @@ class GANTrainer(Trainer):
         step = self.step + 1
         d_result = self.d_update(micro_batches, d_loss, step, measure=False)
         fakes_for_g = iter(fakes)
-        # G's backward also leaves gradients on D: D's next update starts by clearing them.
-        result = self.update(micro_batches, g_loss, step, measure)
+        # G's backward runs through D: with D's weights frozen it computes no gradient for them (a
+        # third of its work, which D's next update would throw away), as GAN codebases do.
+        with frozen(self._d_weights):
+            result = self.update(micro_batches, g_loss, step, measure)
         if d_result.loss is not None:
             self._d_loss_sum += d_result.loss
             self._d_loss_count += 1
@@ -116,6 +120,18 @@ class GANTrainer(Trainer):
         summary = super().summary(status)
         summary["skipped_steps"] += self.d_update.skipped
         return summary
+
+
+@contextmanager
+def frozen(weights: list[torch.Tensor]) -> Iterator[None]:
+    """`weights` need no gradient inside: backward passes through them compute none for them."""
+    for w in weights:
+        w.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for w in weights:
+            w.requires_grad_(True)
 
 
 def _merge(records: dict[str, Record | None]) -> Record | None:

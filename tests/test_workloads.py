@@ -143,7 +143,13 @@ def test_a_gan_step_is_the_textbook_alternating_step(tmp_path):
     latents, seen_by_d = [], []  # what the trainer's networks were given, in order
     for net, inputs in ((trainer.model.generator, latents), (trainer.model.discriminator, seen_by_d)):
         net.register_forward_pre_hook(lambda _, args, inputs=inputs: inputs.append(args[0].detach().clone()))
+    d_weights = list(trainer.model.discriminator.parameters())
+    d_gradients = []  # every gradient computed for D's weights: G's backward, through a frozen D, computes none
+    for p in d_weights:
+        p.register_hook(lambda grad: d_gradients.append(grad))
     assert trainer.fit()["status"] == "completed"
+    assert len(d_gradients) == 4 * len(d_weights)  # D's own update only, once a step
+    assert all(p.requires_grad for p in d_weights)  # unfrozen after G's update
     g_opt = torch.optim.Adam(model.generator.parameters(), lr=cfg.gan.g.lr, betas=tuple(cfg.gan.g.betas))
     d_opt = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.gan.d.lr, betas=tuple(cfg.gan.d.betas))
     for z, real in zip(latents[:4], seen_by_d[0::3][:4]):  # D sees real, fake, then (for G) fake
