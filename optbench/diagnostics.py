@@ -33,13 +33,16 @@ class Diagnostics:
     def due(self, step: int) -> bool:
         return self.every is not None and step % self.every == 0
 
-    @torch.no_grad()
     def before_step(self, step: int) -> None:
         """Call after gradients are final (unscaled, clipped), before `optimizer.step()`."""
         if not self.checked_for_missing_grads:
             self._name_parameters_without_gradient()
-        if not self.due(step):
-            return
+        if self.due(step):  # checked outside no_grad, whose context costs more than the check (every step)
+            with torch.no_grad():
+                self._keep_before()
+
+    def _keep_before(self) -> None:
+        """The group gradient norms and a copy of the weights, for `after_step`'s record."""
         self._group_norms = {}
         for i, group in enumerate(self.optimizer.param_groups):
             grads = [p.grad for p in group["params"] if p.grad is not None]
@@ -49,15 +52,16 @@ class Diagnostics:
         self._before = {p: p.detach().clone() for p in self.names}
         wrapping.request_trust_ratios(self.optimizer)
 
-    @torch.no_grad()
     def after_step(self) -> dict[str, dict[str, float]] | None:
-        """Call after `optimizer.step()`: the record of a diagnostic step (else None).
-
-        The update is the change of each weight since `before_step`. Every number is read from
-        the device in one copy: on a GPU each read waits for the device.
-        """
+        """Call after `optimizer.step()`: the record of a diagnostic step (else None)."""
         if not self._before:
             return None
+        with torch.no_grad():
+            return self._record()
+
+    def _record(self) -> dict[str, dict[str, float]]:
+        """The update is the change of each weight since `before_step`. Every number is read from
+        the device in one copy: on a GPU each read waits for the device."""
         params = list(self._before)
         weights = torch._foreach_norm([p.detach() for p in params])
         updates = torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], list(self._before.values())))

@@ -57,22 +57,20 @@ class TrainInterval:
 
     def _loss_and_first_nonfinite(self) -> tuple[float, int | None]:
         """The interval's mean loss (over ranks too) and its first step whose loss was non-finite
-        (on any rank). Every rank takes part in the reductions, with losses or without."""
-        none = self.total_steps + 1  # "no bad step": past the run, so that the minimum picks a real one
-        if self.losses:
-            losses = torch.stack(self.losses)
-            loss_sum = losses.sum()
-            steps = torch.tensor(self.loss_steps, device=self.device)
-            first = torch.where(torch.isfinite(losses), none, steps).min()
-        else:
-            loss_sum, first = torch.zeros((), device=self.device), torch.tensor(none, device=self.device)
+        (on any rank). The losses come from the device in one copy (on a GPU every read waits for
+        the work queued before it) and are summed on the host. Every rank takes part in the
+        reductions, with losses or without."""
+        losses = torch.stack(self.losses).tolist() if self.losses else []
+        loss_sum = sum(losses)
+        first = next((step for step, loss in zip(self.loss_steps, losses) if not math.isfinite(loss)), None)
         if self.world_size > 1:  # the mean over ranks, and the first bad step on any of them
-            distributed.all_reduce(loss_sum)
-            loss_sum /= self.world_size
-            first = distributed.all_reduce(first, "min")
-        loss = (loss_sum / len(self.losses)).item() if self.losses else math.nan
-        first_bad = int(first.item())
-        return loss, (first_bad if first_bad != none else None)
+            none = self.total_steps + 1  # "no bad step": past the run, so that the minimum picks a real one
+            total = distributed.all_reduce(torch.tensor(loss_sum, dtype=torch.float64, device=self.device))
+            loss_sum = total.item() / self.world_size
+            first = int(distributed.all_reduce(torch.tensor(none if first is None else first, device=self.device),
+                                               "min").item())
+            first = None if first == none else first
+        return (loss_sum / len(losses) if losses else math.nan), first
 
     def line(self, step: int, result: StepResult, groups: list[dict]) -> tuple[dict[str, float], int | None, float]:
         """(the train line's metrics, the first step with a non-finite loss if any, seconds elapsed)."""
