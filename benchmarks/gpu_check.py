@@ -25,6 +25,9 @@ on the CPU; a speed goal, set for CUDA, is recorded but not judged elsewhere):
         trainer.resume=auto, ends bitwise equal to an uninterrupted run.
   ddp, fsdp         with 2 GPUs: trainer.devices=2 (NCCL) ends where one process with the same
         global batch ends (skipped on fewer GPUs: a check for a machine with two).
+  host syncs NAME   CUDA's sync debug mode counts the host-device synchronisations of training steps
+        that log nothing (torch's fused AdamW; optbench's compiled Lion and LAMB): none is allowed.
+        A step that logs, or records diagnostics, reads its values and is left out.
   trainer vs plain loop   ResNet-18 on CIFAR-shaped synthetic data: the trainer's step time over a
         plain PyTorch loop's (benchmarks/throughput.py), goal <= 1.05.
   optimizer step    `optbench bench` on 25M parameters: Lion <= 1.2x fused SGD-momentum, LAMB and
@@ -50,6 +53,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -111,6 +115,7 @@ class Sizes:
     bench_repeats: int
     amp_workloads: dict[str, list[str]]
     amp_steps: int
+    sync_steps: int  # steps of each run whose synchronisations are counted (the first two are not)
 
 
 RESNET18_CIFAR = ["model=resnet18", "data=synthetic"]  # synthetic's default shape: 3x32x32, 10 classes
@@ -118,13 +123,15 @@ FULL = Sizes(optimizer_steps=6, trick_model=["model=resnet"], compile_model=["mo
              resume_model=["model=resnet"], resume_steps=1500, kill_after_lines=30,
              overhead_workload=RESNET18_CIFAR, overhead_steps=100, overhead_repeats=3,
              bench_params=25_200_000, bench_width=2048, bench_warmup=5, bench_repeats=30,
-             amp_workloads={**WORKLOADS, "resnet18_cifar_synthetic": RESNET18_CIFAR}, amp_steps=100)
+             amp_workloads={**WORKLOADS, "resnet18_cifar_synthetic": RESNET18_CIFAR}, amp_steps=100,
+             sync_steps=25)
 # Every check at tiny sizes; compiling a ResNet for the CPU takes minutes, so the MLP is compiled.
 QUICK = Sizes(optimizer_steps=6, trick_model=["model=resnet"], compile_model=["model=mlp"], trick_steps=4,
               resume_model=["model=mlp"], resume_steps=1000, kill_after_lines=20,
               overhead_workload=["model=resnet", "data=synthetic", "data.batch_size=16", "data.train_size=64"],
               overhead_steps=3, overhead_repeats=1, bench_params=130_000, bench_width=256, bench_warmup=1,
-              bench_repeats=3, amp_workloads={"digits_resnet20": WORKLOADS["digits_resnet20"]}, amp_steps=3)
+              bench_repeats=3, amp_workloads={"digits_resnet20": WORKLOADS["digits_resnet20"]}, amp_steps=3,
+              sync_steps=4)
 QUIET = ["trainer.progress=false", "trainer.tensorboard=false"]
 
 
@@ -467,6 +474,56 @@ def quiet(log: Path) -> Iterator[None]:
         yield
 
 
+SYNC_OPTIMIZERS = ["adamw", "lion", "lamb"]  # torch's fused step; optbench's compiled ones (float64 scalars)
+
+
+def host_syncs(report: Report, sizes: Sizes, device: str, folder: Path) -> None:
+    """Host-device synchronisations in the steps of a run that log nothing (`count_syncs`): none allowed."""
+    for name in SYNC_OPTIMIZERS:
+        if device != "cuda":
+            report.skip(f"host syncs {name}", NO_CUDA)
+            continue
+        syncs, watched = count_syncs(build([*sizes.overhead_workload, f"optimizer={name}", f"trainer.device={device}"],
+                                           sizes.sync_steps, folder))
+        detail = f"{len(syncs)} in {len(watched)} steps that log nothing" + (f"; first: {syncs[0][:300]}" if syncs else "")
+        report.judge(f"host syncs {name}", bool(watched) and not syncs, detail, value=len(syncs), goal="0")
+
+
+def count_syncs(trainer: Trainer, debug_mode: Any = torch.cuda.set_sync_debug_mode) -> tuple[list[str], set[int]]:
+    """Train `trainer` to its end with CUDA's sync debug mode warning at each host-device
+    synchronisation (a read of a value, a copy to the host, a copy from pageable memory) in the steps
+    that log nothing: the warnings, and those steps. A step that writes a train line or a diagnostics
+    record reads values, and the first two set things up: they are left out."""
+    tc, syncs, watched = trainer.tc, [], set()
+
+    def quiet_step(number: int) -> bool:
+        reads = number % tc.log_every == 0 or number == trainer.total_steps or (
+            tc.diagnostics_every is not None and number % tc.diagnostics_every == 0)
+        return number > 2 and not reads
+
+    def counted(method: Any, number_of: Any) -> Any:
+        def run(*args: Any) -> Any:
+            number = number_of()
+            if not quiet_step(number):
+                return method(*args)
+            watched.add(number)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                debug_mode("warn")
+                try:
+                    return method(*args)
+                finally:
+                    debug_mode("default")
+                    syncs.extend(str(w.message) for w in caught if "synchroniz" in str(w.message))
+        return run
+
+    # the step itself, then the bookkeeping after it (the step counter has moved on by then)
+    trainer.train_step = counted(trainer.train_step, lambda: trainer.step + 1)
+    trainer._after_step = counted(trainer._after_step, lambda: trainer.step)
+    trainer.fit()
+    return syncs, watched
+
+
 def trainer_vs_plain(report: Report, sizes: Sizes, device: str, folder: Path) -> None:
     """The trainer's samples/s and a plain loop's on the same model, batches and optimizer,
     alternating after one warm-up (benchmarks/throughput.py); the medians' ratio."""
@@ -613,6 +670,8 @@ def main() -> int:
                 report.skip("fp16 overflow", NO_CUDA)
         with report.phase("2 GPUs"):
             distributed_checks(report, out / "distributed")
+        with report.phase("host syncs"):
+            host_syncs(report, sizes, device, work)
         # Timings last, with nothing else running.
         with report.phase("trainer vs plain loop"):
             trainer_vs_plain(report, sizes, device, work)

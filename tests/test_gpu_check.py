@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ from optbench.paths import configs_dir
 from optbench.trainer import Trainer
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
-CUDA_ONLY = ["trick fp16 + GradScaler", "fp16 overflow", "peak memory", "ddp", "fsdp"]
+CUDA_ONLY = ["trick fp16 + GradScaler", "fp16 overflow", "peak memory", "ddp", "fsdp", "host syncs adamw",
+             "host syncs lion", "host syncs lamb"]
 SPEED_GOALS = ["trainer vs plain loop", "optimizer step lion", "optimizer step lamb", "optimizer step sophia"]
 
 pytestmark = pytest.mark.slow
@@ -116,3 +118,29 @@ def test_a_phase_that_crashes_is_a_failed_check_and_the_next_phase_runs(gpu_chec
         report.judge("after", True, "ran")
     assert [(c.name, c.status) for c in report.checks] == [("first (crashed)", "fail"), ("after", "pass")]
     assert "RuntimeError: boom" in report.checks[0].detail and set(report.phases_s) == {"first", "second"}
+
+
+def test_host_syncs_are_counted_in_the_steps_that_log_nothing(gpu_check, tmp_path):
+    """The counting of the GPU check's `host syncs` (CUDA's sync debug mode, faked here on the CPU):
+    a step that synchronises is counted; a step that logs or records diagnostics, and the first two, are
+    left out."""
+    modes, syncing = [], {5, 10}  # step 10 writes a train line: its sync is not counted
+
+    def debug_mode(mode: str) -> None:
+        modes.append(mode)
+
+    overrides = ["model=mlp", "trainer.log_every=10", "trainer.diagnostics_every=7", *gpu_check.QUIET]
+    trainer = gpu_check.build(overrides, 12, tmp_path)
+    step = trainer.train_step
+
+    def train_step(micro_batches, measure):
+        if trainer.step + 1 in syncing:
+            warnings.warn("called a synchronizing CUDA operation")  # what the debug mode says
+        return step(micro_batches, measure)
+
+    trainer.train_step = train_step
+    with pytest.warns(UserWarning, match="synchronizing"):  # step 10's, not counted, reaches the caller
+        syncs, watched = gpu_check.count_syncs(trainer, debug_mode)
+    assert watched == {3, 4, 5, 6, 8, 9, 11}  # not 1, 2 (set-up), 7 (diagnostics), 10 (train line), 12 (the last)
+    assert syncs == ["called a synchronizing CUDA operation"]
+    assert modes == ["warn", "default"] * 2 * len(watched)  # on for each step and its bookkeeping, then off

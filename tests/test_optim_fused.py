@@ -229,3 +229,19 @@ def test_every_element_loop_of_the_c_kernels_vectorises(tmp_path):
     for number in set(re.findall(r"kernels_step\.h:(\d+):\d+: missed: not vectorized: control flow", report)):
         assert lines[int(number) - 1].strip().startswith("for (int64_t k = 0;"), \
             f"kernels_step.h:{number} is left scalar: {lines[int(number) - 1].strip()}"
+
+
+def test_the_compiled_path_gets_every_float_in_one_copy_to_the_device():
+    """Floats (the LR, β) and lists of floats (LAMB's per-tensor bias corrections) reach a compiled
+    update as 0-dim float64 tensors made in one host-to-device copy (from pinned memory on CUDA,
+    without waiting): one tensor per float on a GPU would wait for the device's queue each."""
+    from optbench.optim.base import _floats_as_tensors
+
+    params = [torch.zeros(3)]
+    args, kwargs = _floats_as_tensors((params, [0.9, 0.81]), {"lr": 0.1, "steps": 3, "name": "x"},
+                                      torch.device("cpu"))
+    assert args[0] is params and kwargs["steps"] == 3 and kwargs["name"] == "x"
+    scalars = [*args[1], kwargs["lr"]]
+    assert [s.item() for s in scalars] == [0.9, 0.81, 0.1]
+    assert all(s.dim() == 0 and s.dtype == torch.float64 for s in scalars)
+    assert len({s.untyped_storage().data_ptr() for s in scalars}) == 1  # one tensor, one copy

@@ -96,9 +96,7 @@ class StepKernel:
             return self.plain(*args, **kwargs)
         if self._compiled is None:
             self._compiled = compiled(self.plain, f"the update {self.plain.__name__}", fullgraph=True)
-        device = args[0][0].device
-        kwargs = {k: _as_tensor(v, device) for k, v in kwargs.items()}
-        args = tuple(_as_tensor(a, device) for a in args)
+        args, kwargs = _floats_as_tensors(args, kwargs, args[0][0].device)
         if fused:
             return self._compiled(*args, **kwargs)
         try:
@@ -110,13 +108,34 @@ class StepKernel:
             return self.plain(*args, **kwargs)
 
 
-def _as_tensor(value: Any, device: torch.device) -> Any:
-    """A float (or a list of floats) as 0-dim float64 tensor(s); anything else unchanged."""
-    if isinstance(value, float):
-        return torch.tensor(value, dtype=torch.float64, device=device)
-    if isinstance(value, list) and value and isinstance(value[0], float):
-        return [torch.tensor(v, dtype=torch.float64, device=device) for v in value]
-    return value
+def _floats_as_tensors(args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device
+                       ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """`args` and `kwargs` with every float, and every list of floats, as 0-dim float64 tensors on
+    `device`, all moved there in one copy. On CUDA the copy leaves from pinned memory and the host
+    goes on: a tensor made from a Python float on the device (`torch.tensor(x, device=...)`) waits
+    for the device's queue to drain, and LAMB's per-tensor bias corrections would be hundreds of such
+    waits a step."""
+    numbers: list[float] = []
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, float):
+            numbers.append(value)
+        elif _float_list(value):
+            numbers.extend(value)
+    if not numbers:
+        return args, kwargs
+    host = torch.tensor(numbers, dtype=torch.float64, pin_memory=device.type == "cuda")
+    scalars = iter(host.to(device, non_blocking=True).unbind())
+
+    def swapped(value: Any) -> Any:
+        if isinstance(value, float):
+            return next(scalars)
+        return [next(scalars) for _ in value] if _float_list(value) else value
+
+    return tuple(swapped(a) for a in args), {k: swapped(v) for k, v in kwargs.items()}
+
+
+def _float_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], float)
 
 
 def evaluate_closure(closure: Callable[[], Any] | None) -> Any:
