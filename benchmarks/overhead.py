@@ -14,7 +14,9 @@ optimizer step hook stamps them), divided by the steps between: the loop alone, 
 included; on the wall clock and in CPU time of the process (all its threads), which other work on
 the machine disturbs less. Everything else a run costs (start-up, TensorBoard writer, evaluation, checkpoint,
 summary) is a fixed cost, printed separately. The arms alternate, in a rotating order, REPEATS
-times each after one short warm-up run each; min and median over the repeats are printed.
+times each after one short warm-up run each; min and median over the repeats are printed. Then one
+run pairs the two step by step (`paired`): on a machine whose speed drifts between runs, the figure
+that drift disturbs least.
 
     python benchmarks/overhead.py [--steps 1000] [--repeats 3] [--threads 1] [--model resnet|mlp]
 
@@ -36,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from unittest import mock
 
 import torch
@@ -52,6 +54,7 @@ from optbench.schedules import Cosine
 from optbench.trainer import Trainer
 
 LOG_EVERY = 10
+T = TypeVar("T")
 
 
 @dataclass
@@ -119,6 +122,19 @@ def epochs(data: Any, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch += 1
 
 
+def plain_step(step: int, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], net: torch.nn.Module,
+               optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Step number `step` of the plain loop, with its print every LOG_EVERY steps."""
+    x, y = next(batches)
+    loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    if step % LOG_EVERY == 0:
+        print(f"step {step} loss {loss.item():.4f} lr {optimizer.param_groups[0]['lr']:.3g}")
+
+
 def plain_loop(model: str, steps: int, seed: int, out: Path) -> Timing:
     timing = Timing()
     start = time.perf_counter()
@@ -127,14 +143,7 @@ def plain_loop(model: str, steps: int, seed: int, out: Path) -> Timing:
     timing.parts["start-up (model, data, optimizer)"] = time.perf_counter() - start
     batches = epochs(data, seed)
     for step in range(1, steps + 1):
-        x, y = next(batches)
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        if step % LOG_EVERY == 0:
-            print(f"step {step} loss {loss.item():.4f} lr {optimizer.param_groups[0]['lr']:.3g}")
+        plain_step(step, batches, net, optimizer, scheduler)
 
     @torch.no_grad()
     def evaluate() -> int:
@@ -171,6 +180,30 @@ def optbench_loop(model: str, steps: int, seed: int, out: Path) -> Timing:
         trainer.fit()
     timing.total = time.perf_counter() - start
     return timing
+
+
+def paired(model: str, steps: int, seed: int, out: Path) -> tuple[list[float], list[float]]:
+    """Per-step times of both arms in one run, step by step: before each of the trainer's steps, one
+    step of the plain loop (on its own copy of the model, optimizer and batches). A machine that
+    slows down slows both alike, which alternating whole runs cannot promise. The trainer's time of
+    a step is the time between two of its steps less the plain step's: its loop, logging included."""
+    data, net, optimizer, scheduler = parts(model, steps, seed)
+    batches = epochs(data, seed)
+    trainer = Trainer(job_config(overrides(model, steps, seed)), out / f"run-{time.perf_counter_ns()}")
+    starts, plain = [], []
+    trainer_step = trainer.train_step
+
+    def both(micro_batches: Any, measure: bool) -> Any:
+        start = time.perf_counter()
+        plain_step(len(starts) + 1, batches, net, optimizer, scheduler)
+        starts.append(start)
+        plain.append(time.perf_counter() - start)
+        return trainer_step(micro_batches, measure)
+
+    trainer.train_step = both
+    trainer.fit()
+    ours = [after - before - p for before, after, p in zip(starts, starts[1:], plain)]
+    return plain[:len(ours)], ours
 
 
 def lightning_loop(model: str, steps: int, seed: int, out: Path) -> Timing:
@@ -236,7 +269,7 @@ def lightning_installed() -> bool:
     return True
 
 
-def quiet(run: Callable[..., Timing], *args: Any) -> Timing:
+def quiet(run: Callable[..., T], *args: Any) -> T:
     """One run with its progress lines, logs and tables out of the report."""
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         return run(*args)
@@ -287,6 +320,11 @@ def main() -> None:
     print("per-step time (ms): wall clock | CPU time of the process")
     for name in names:
         print(f"  {name:20s} {ms([t.per_step for t in runs[name]])} | {ms([t.cpu_per_step for t in runs[name]])}")
+    with tempfile.TemporaryDirectory() as tmp:
+        plain, ours = quiet(paired, args.model, args.steps, 0, Path(tmp))
+    print(f"paired step by step in one run ({len(ours)} steps): plain loop median {statistics.median(plain) * 1e3:.2f} ms, "
+          f"optbench Trainer {statistics.median(ours) * 1e3:.2f} ms: {statistics.median(ours) / statistics.median(plain):.3f}; "
+          f"means {statistics.mean(ours) / statistics.mean(plain):.3f}")
     for name in reversed(names[1:]):  # optbench's ratio last
         print(f"overhead ratio ({name} / plain, per step): {ratios(runs[name], runs[names[0]])}")
 

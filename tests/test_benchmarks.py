@@ -19,7 +19,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 # Each script with arguments that make it tiny, and a line its output must end with.
 SMOKE = {
     "overhead.py": (["--steps", "3", "--repeats", "1", "--threads", "1"],  # optbench's per-step ratio last
-                    r"fixed costs per run[\s\S]*overhead ratio \(optbench Trainer / plain, per step\): "
+                    r"fixed costs per run[\s\S]*paired step by step in one run \(2 steps\): .*: \d+\.\d+; means "
+                    r"\d+\.\d+\s+overhead ratio \(optbench Trainer / plain, per step\): "
                     r"\d+\.\d+ wall clock.*\d+\.\d+ CPU time.*\s*\Z"),
     "tricks_cost.py": (["--steps", "3", "--repeats", "1", "--threads", "1"], r"ema / baseline: \d+\.\d+"),
     "throughput.py": (["--steps", "3", "--repeats", "1", "--only", "counting_gru", "gan_ring", "digits_vit"],
