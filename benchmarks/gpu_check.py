@@ -485,7 +485,8 @@ def host_syncs(report: Report, sizes: Sizes, device: str, folder: Path) -> None:
             continue
         syncs, watched = count_syncs(build([*sizes.overhead_workload, f"optimizer={name}", f"trainer.device={device}"],
                                            sizes.sync_steps, folder))
-        detail = f"{len(syncs)} in {len(watched)} steps that log nothing" + (f"; first: {syncs[0][:300]}" if syncs else "")
+        first = f"; first: {syncs[0][:300]}" if syncs else ""
+        detail = f"{len(syncs)} in {len(watched)} steps that log nothing{first}"
         report.judge(f"host syncs {name}", bool(watched) and not syncs, detail, value=len(syncs), goal="0")
 
 

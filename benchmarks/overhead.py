@@ -322,8 +322,9 @@ def main() -> None:
         print(f"  {name:20s} {ms([t.per_step for t in runs[name]])} | {ms([t.cpu_per_step for t in runs[name]])}")
     with tempfile.TemporaryDirectory() as tmp:
         plain, ours = quiet(paired, args.model, args.steps, 0, Path(tmp))
-    print(f"paired step by step in one run ({len(ours)} steps): plain loop median {statistics.median(plain) * 1e3:.2f} ms, "
-          f"optbench Trainer {statistics.median(ours) * 1e3:.2f} ms: {statistics.median(ours) / statistics.median(plain):.3f}; "
+    plain_ms, ours_ms = statistics.median(plain) * 1e3, statistics.median(ours) * 1e3
+    print(f"paired step by step in one run ({len(ours)} steps): plain loop median {plain_ms:.2f} ms, "
+          f"optbench Trainer {ours_ms:.2f} ms: {ours_ms / plain_ms:.3f}; "
           f"means {statistics.mean(ours) / statistics.mean(plain):.3f}")
     for name in reversed(names[1:]):  # optbench's ratio last
         print(f"overhead ratio ({name} / plain, per step): {ratios(runs[name], runs[names[0]])}")

@@ -33,8 +33,8 @@ import subprocess
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from operator import attrgetter, is_
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -45,8 +45,10 @@ log = logging.getLogger("optbench")
 HERE = Path(__file__).parent
 SOURCES = ("kernels.c", "kernels_step.h")
 # -fno-trapping-math: no kernel relies on floating-point traps, and without it GCC keeps selects as
-# branches (kernels_step.h's SophiaG). -Werror=missing-prototypes: a kernel defined in C but missing from KERNELS fails the build too.
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Werror=missing-prototypes", "-shared", "-fPIC")
+# branches (kernels_step.h's SophiaG). -Werror=missing-prototypes: a kernel defined in C but missing
+# from KERNELS fails the build too.
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Werror=missing-prototypes",
+         "-shared", "-fPIC")
 DTYPES = {torch.float32: ("float32", "float"), torch.float64: ("float64", "double")}  # suffix, C type
 PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
@@ -198,13 +200,14 @@ def usable(fused: bool | None, tensor_lists: Sequence[Sequence[Tensor]], known: 
     if known is not None and known.dtype != dtype:
         known = None
     if (addresses := _known_addresses(params, known, 0)) is not None:
-        sizes, shapes, strides = known.sizes, known.shapes, known.strides
+        sizes, largest, shapes, strides = known.sizes, known.largest, known.shapes, known.strides
     else:
         known = None  # the parameters moved: their layouts may have changed, every list is checked
         # exact types: a tensor subclass (a DTensor shard under FSDP) has no plain data pointer
         if not _plain_cpu(params, dtype) or not all(map(_dense, params)):
             return None
         sizes = array("q", map(Tensor.numel, params))
+        largest = max(sizes)
         shapes, strides = list(map(_SHAPE, params)), list(map(Tensor.stride, params))
         # arrays, not ctypes arrays, which take 10x as long to fill; "Q": torch's platforms have 64-bit pointers
         addresses = array("Q", map(Tensor.data_ptr, params))
@@ -221,7 +224,7 @@ def usable(fused: bool | None, tensor_lists: Sequence[Sequence[Tensor]], known: 
         pointers.append(addresses)
     if library() is None:
         return None
-    return Packed([list(tensors) for tensors in tensor_lists], dtype, pointers, sizes, max(sizes), shapes, strides)
+    return Packed([list(tensors) for tensors in tensor_lists], dtype, pointers, sizes, largest, shapes, strides)
 
 
 _SHAPE, _IS_CPU, _DTYPE = attrgetter("shape"), attrgetter("is_cpu"), attrgetter("dtype")
@@ -230,7 +233,8 @@ _PLAIN_TYPES = frozenset(PLAIN_TYPES)
 
 def _plain_cpu(tensors: Sequence[Tensor], dtype: torch.dtype) -> bool:
     """Every one a plain (not a subclass) CPU tensor of `dtype`; in C-level loops (map), not Python's."""
-    return set(map(type, tensors)) <= _PLAIN_TYPES and all(map(_IS_CPU, tensors)) and set(map(_DTYPE, tensors)) == {dtype}
+    return (set(map(type, tensors)) <= _PLAIN_TYPES and all(map(_IS_CPU, tensors))
+            and set(map(_DTYPE, tensors)) == {dtype})
 
 
 def _known_addresses(tensors: Sequence[Tensor], known: Packed | None, index: int) -> array | None:
