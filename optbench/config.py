@@ -20,25 +20,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optbench.commands.common import ConfigSource, group_options, override_key
 from optbench.errors import ConfigError
-from optbench.paths import recipes_dir
 from optbench.run_folder import RunFolder
 
 SMOKE = "smoke=true"
-
-
-def register_recipes() -> None:
-    """Make every `recipes/NAME.yaml` selectable as `recipe=NAME`.
-
-    Recipes live in their own top-level folder (the layout users browse), so they are added to
-    Hydra's ConfigStore as the `recipe` group instead of sitting inside `configs/`.
-    """
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    if "recipe" in store.repo:  # once a process: each call loads and stores every recipe again (~0.2 s)
-        return
-    for path in sorted(recipes_dir().glob("*.yaml")):
-        store.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
 def compose(overrides: list[str], source: ConfigSource = ConfigSource()) -> DictConfig:
@@ -46,7 +30,6 @@ def compose(overrides: list[str], source: ConfigSource = ConfigSource()) -> Dict
     flags being those that choose `source`."""
     from hydra import compose as hydra_compose
 
-    register_recipes()  # so that `recipe=NAME` composes in-process too, not only under `optbench run`
     try:
         with hydra_session(source):
             cfg = hydra_compose(source.config_name, overrides=overrides, return_hydra_config=True)

@@ -17,7 +17,7 @@ from conftest import read_summary, run_cli, run_dirs
 from optbench.targets import import_path as locate
 from optbench.checkpoint import load
 from optbench.cli import main
-from optbench.config import job_config, register_recipes, sweep_variants, with_sweeper_params
+from optbench.config import job_config, sweep_variants, with_sweeper_params
 from optbench.datasets.regression import least_squares
 from optbench.gan_trainer import trainer_class
 from optbench.memory import LiveTensorBytes
@@ -26,11 +26,6 @@ from optbench.finished_runs import RankingMetric, find_runs, group_runs, load_ru
 
 SWEEP_RECIPES = ["sgd_variants", "adam_vs_adamw", "optimizer_comparison", "scheduler_ablation", "large_batch"]
 QUIET = ["trainer.progress=false", "trainer.tensorboard=false"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def recipes_registered() -> None:
-    register_recipes()
 
 
 def arms(recipe: str) -> list[list[str]]:

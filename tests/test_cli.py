@@ -131,10 +131,9 @@ def test_run_help_lists_groups_from_the_folders_as_hydra_would(workdir, monkeypa
 
     from optbench.commands.common import group_options
     from optbench.commands.run import run
-    from optbench.config import hydra_session, register_recipes
+    from optbench.config import hydra_session
     from optbench.commands.common import ConfigSource
 
-    register_recipes()
     with hydra_session(ConfigSource()):
         from hydra.core.global_hydra import GlobalHydra
 

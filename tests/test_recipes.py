@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import read_summary, run_cli, run_dirs
-from optbench.config import compose, job_config, register_recipes
+from optbench.config import compose, job_config
 from optbench.gan_trainer import trainer_class
 from optbench.paths import recipes_dir
 
@@ -81,11 +81,6 @@ EXPECTED = {
                                                                         "data.batch_size": "256,8192",
                                                                         "trainer.seed": "0,1,2"}},
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def recipes_registered():
-    register_recipes()
 
 
 def test_every_recipe_is_checked():

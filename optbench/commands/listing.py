@@ -85,10 +85,9 @@ def print_param_groups(overrides: list[str]) -> int:
     from rich.table import Table
 
     from optbench.build import arguments, build_data, build_model, build_param_groups
-    from optbench.config import job_config, register_recipes
+    from optbench.config import job_config
     from optbench.lr_scaling import planned_batch, scaled_lr
 
-    register_recipes()
     cfg = job_config(overrides)
     model = build_model(cfg.model, build_data(cfg.data))
     weight_decay = arguments(cfg.optimizer).get("weight_decay", 0.0)

@@ -91,7 +91,7 @@ def check_arguments(options: argparse.Namespace) -> None:
 
 @reports_bad_input
 def main(args: list[str]) -> int:
-    from optbench.config import job_config, register_recipes
+    from optbench.config import job_config
     from optbench.trainer import Trainer
 
     options = parse_args(args)
@@ -102,7 +102,6 @@ def main(args: list[str]) -> int:
     out = options.out or timestamped_output("lr_find")
     writable_folder("--out", out)
     check_arguments(options)
-    register_recipes()
     cfg = job_config(invocation.overrides, invocation.source)
     if cfg.get("gan") is not None:
         raise ConfigError(f"model._target_={cfg.model._target_}: a GAN trains two networks with two "

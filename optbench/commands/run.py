@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from optbench import distributed, sweep
 from optbench.commands.common import ConfigSource, Invocation, override_key, report, reports_bad_input
-from optbench.config import expand_smoke, hydra_session, register_recipes, sweep_choices, validate_overrides
+from optbench.config import expand_smoke, hydra_session, sweep_choices, validate_overrides
 from optbench.errors import ConfigError
 from optbench.folder_lock import FolderLock
 from optbench.run_folder import HYDRA, RunFolder, write_text_atomic
@@ -212,8 +212,7 @@ def _hydra_files_written_atomically() -> Iterator[None]:
 
 
 def _expanded(invocation: Invocation) -> Invocation:
-    """`invocation` with `smoke=true`'s overrides in front of the user's (theirs win), recipes selectable."""
-    register_recipes()
+    """`invocation` with `smoke=true`'s overrides in front of the user's (theirs win)."""
     return invocation.with_overrides(expand_smoke(list(invocation.overrides), invocation.source))
 
 

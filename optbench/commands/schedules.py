@@ -80,12 +80,10 @@ def main(args: list[str]) -> int:
 def build_curves(overrides: list[str]) -> tuple[list[tuple[str, dict[str, list[float]]]], list[str]]:
     """(label, its series) for every combination of the overrides' values, and warnings."""
     from optbench.build import build_schedule, is_schedule, planned_length, stand_in_scheduler
-    from optbench.config import register_recipes
     from optbench.lr_scaling import planned_batch, scaled_optimizer
     from optbench.schedules import Plateau
     from optbench.validate import validate_config
 
-    register_recipes()
     curves, notes = [], []
     for label, cfg in compose_variants(overrides):
         notes += [f"{label}: {note}" for note in validate_config(cfg, preview=True)]
