@@ -58,6 +58,8 @@ def shard(index: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     DistributedSampler deals them. A batch that the world size does not divide (an epoch's short
     last one) loses its last few samples, so that every rank steps on as many samples as the others
     and their mean gradients average to the batch's."""
+    if world_size == 1:
+        return index
     usable = len(index) - len(index) % world_size
     return index[rank:usable:world_size]
 

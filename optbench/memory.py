@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_flatten
 # Optimizer steps watched on the CPU: the first creates the optimizer state, the second runs
 # with it in place, as every later step does.
 WATCHED_STEPS = 2
+_UNWATCHED = nullcontext()  # what `watch` gives every later step: one shared object, not one a step
 
 CPU_MEASURE = (f"peak bytes of live tensors (parameters, gradients, optimizer state, activations; not the "
                f"data set, nor the optimizer step's temporaries) over the first {WATCHED_STEPS} optimizer steps, "
@@ -96,7 +97,7 @@ class PeakMemory:
     def watch(self) -> Any:
         """Context for one optimizer step: on the CPU, counted for the first WATCHED_STEPS."""
         if self.device.type != "cpu" or self.watched >= self.to_watch:
-            return nullcontext()
+            return _UNWATCHED
         return self._watch_step()
 
     @contextmanager

@@ -59,6 +59,8 @@ class Trainer:
         self.processes = self.world.size if self.strategy != "none" else 1  # that train this run together
         if self.strategy != "none":
             distributed.init_process_group()
+        # How this process's answer to "stop?" becomes the run's: ranks that train together decide together.
+        self.all_ranks_agree = distributed.any_rank if self.processes > 1 else bool
         self.device = distributed.resolve_device(self.tc.device, self.world.local_rank)
         checkpoint.seed_everything(self.tc.seed, self.tc.deterministic)
 
@@ -203,11 +205,11 @@ class Trainer:
             # Counters move only once the step is done: a checkpoint never skips a batch.
             self.step += 1
             self.batch_in_epoch = position
-            self._after_step(result, sum(len(b[1]) for b in group) * self.world.size)
+            self._after_step(result, sum(y.shape[0] for _, y in group) * self.world.size)
             if self.step >= self.total_steps or self.history.stop:
                 return
             # A stop signal takes effect here, between steps, on every rank at the same step.
-            self.stop_requests.check(distributed.any_rank)
+            self.stop_requests.check(self.all_ranks_agree)
         self.epoch += 1
         self.batch_in_epoch = 0
 

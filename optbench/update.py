@@ -150,7 +150,7 @@ class UpdateStep:
 
     def _backward(self, micro_batches: list[Batch], loss_of: LossOf) -> torch.Tensor:
         """Accumulate the gradient of the samples' mean loss; that loss, detached."""
-        total = sum(len(y) for _, y in micro_batches)
+        total = sum(y.shape[0] for _, y in micro_batches)  # shape, not len(): len is a Python-level call
         weighted = len(micro_batches) > 1  # a single micro-batch is the whole update: no tensor ops to weight it
         loss_sum: torch.Tensor | None = None
         for i, batch in enumerate(micro_batches):
@@ -160,7 +160,7 @@ class UpdateStep:
                 if weighted:
                     # Weight by the micro-batch's share of samples so that K micro-batches of B give the
                     # same gradient as one batch of K*B (and a short last group is scaled by what it had).
-                    loss = loss * (len(batch[1]) / total)
+                    loss = loss * (batch[1].shape[0] / total)
             self.scaler.scale(loss).backward()
             loss = loss.detach().float()
             loss_sum = loss if loss_sum is None else loss_sum + loss
