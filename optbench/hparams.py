@@ -123,7 +123,8 @@ class HParamsSession:
         """The session with `status` and the `final/`, `best/` scalars, atomically."""
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
-        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        from optbench.event_file import write_events
 
         now = time.time()
         events = [Event(wall_time=now, file_version="brain.Event:2"),
@@ -133,9 +134,7 @@ class HParamsSession:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with temporary_beside(self.path) as tmp:
             with tmp.open("wb") as f:
-                writer = RecordWriter(f)
-                for event in events:
-                    writer.write(event.SerializeToString())
+                write_events(f, events)
             os.replace(tmp, self.path)
 
     def _session_summary(self, status: str, now: float) -> Any:

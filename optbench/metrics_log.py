@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from optbench.event_file import EventFile
 from optbench.hparams import HParamsSession, RunIdentity, metric_values
 from optbench.mlflow_log import MlflowRun
 from optbench.run_folder import RunFolder, json_safe, read_json_lines, temporary_beside, writing
@@ -52,13 +53,8 @@ class MetricsLog:
         self._file = self.path.open("a")
         self._diagnostics_file = self.diagnostics_path.open("a")
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
             tb_dir = folder.tensorboard / identity.name
-            self._writer = SummaryWriter(str(tb_dir), purge_step=resume_step)
-            # The event file, to name in a failed write: TensorBoard's writer thread keeps the
-            # OSError (a full disk) and raises it, without a file name, at the next add_scalar.
-            self._event_file = Path(getattr(self._writer.file_writer.event_writer, "_file_name", tb_dir))
+            self._writer = EventFile(tb_dir, purge_step=resume_step)
             self._session = HParamsSession(tb_dir, identity.hparams)
 
     def write(self, split: str, step: int, epoch: float, time: float, metrics: dict[str, float]) -> None:
@@ -83,8 +79,8 @@ class MetricsLog:
     def _scalars(self, scalars: dict[str, float], step: int) -> None:
         """The same scalars to every tracker: TensorBoard, and MLflow when the run logs there."""
         if self._writer is not None:
-            with writing(self._event_file):
-                self._writer._get_file_writer().add_summary(one_event(scalars), step)
+            with writing(self._writer.path):
+                self._writer.add_summary(one_event(scalars), step)
         if self.mlflow is not None:
             self.mlflow.log_metrics(scalars, step)
 
@@ -105,7 +101,7 @@ class MetricsLog:
         self._diagnostics_file.close()
         status, step, metrics = summary["status"], int(summary.get("steps", 0)), metric_values(summary)
         if self._writer is not None:
-            with writing(self._event_file):
+            with writing(self._writer.path):
                 self._writer.close()
         if self._session is not None:
             self._session.write(status, metrics, step)

@@ -636,9 +636,8 @@ def test_hydra_files_that_cannot_be_written_stop_the_run_with_one_line(tmp_path,
 
 
 def test_a_tensorboard_file_that_cannot_be_written_is_named(tmp_path):
-    """TensorBoard writes its event file in a thread of its own: on a full disk the run stops with
-    one line naming that file (not the thread's traceback, not an error without a file name), and
-    summary.json says the same."""
+    """On a full disk where TensorBoard's event file fills first, the run stops with one line naming
+    that file (no traceback), and summary.json says the same."""
     folder = tmp_path / "run"
     # Diagnostics every step: TensorBoard's file grows twice as fast as any other and fills first.
     command = ["run", "model.hidden=[16]", "trainer.max_steps=400", "trainer.log_every=1",

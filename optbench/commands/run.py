@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -249,7 +248,6 @@ def run_job(cfg: DictConfig) -> int:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     # A log file on a full disk: not a traceback per log line; the write that finds it says so once.
     logging.raiseExceptions = False
-    threading.excepthook = _quiet_event_writer
     try:
         summary = trainer_class(cfg)(cfg, run_dir).fit()
         return INTERRUPTED if summary["status"] == "interrupted" else 0
@@ -271,14 +269,6 @@ def run_job(cfg: DictConfig) -> int:
         traceback.print_exc()
         _record_failure(run_dir, f"{type(e).__name__}: {e}")
         return 1
-
-
-def _quiet_event_writer(args: threading.ExceptHookArgs) -> None:
-    """Threads' uncaught exceptions as Python prints them, but for TensorBoard's event writer: it
-    keeps its failed write (a full disk) and raises it again in the training thread, where the one
-    line that reports it names the file, so its own traceback would only repeat it."""
-    if not type(args.thread).__module__.startswith("tensorboard."):
-        threading.__excepthook__(args)
 
 
 def _record_failure(run_dir: Path, error: str) -> bool:
