@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import google_crc32c
 
-_FILE_VERSION = "brain.Event:2"
+FILE_VERSION = "brain.Event:2"  # the first event of every event file says which format it is
 _numbers = itertools.count()  # event files of one process and second get distinct names, as TensorBoard's do
 
 
@@ -37,7 +37,7 @@ def record(data: bytes) -> bytes:
 
 
 def write_events(file: BinaryIO, events: list[Any]) -> None:
-    """`events` (tensorboard Event protos) as records; the first should name the file version."""
+    """`events` (tensorboard Event protos) as records; a file's first names its FILE_VERSION."""
     file.write(b"".join(record(event.SerializeToString()) for event in events))
 
 
@@ -52,7 +52,7 @@ class EventFile:
         self.path = folder / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
                               f"{os.getpid()}.{next(_numbers)}")
         self._file = self.path.open("ab")
-        first = [Event(wall_time=time.time(), file_version=_FILE_VERSION)]
+        first = [Event(wall_time=time.time(), file_version=FILE_VERSION)]
         if purge_step is not None:
             first.append(Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START)))
         self._write(first)

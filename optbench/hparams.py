@@ -124,10 +124,10 @@ class HParamsSession:
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        from optbench.event_file import write_events
+        from optbench.event_file import FILE_VERSION, write_events
 
         now = time.time()
-        events = [Event(wall_time=now, file_version="brain.Event:2"),
+        events = [Event(wall_time=now, file_version=FILE_VERSION),
                   Event(wall_time=now, step=step, summary=self._session_summary(status, now))]
         events += [Event(wall_time=now, step=step, summary=Summary(value=[Summary.Value(tag=name, simple_value=value)]))
                    for name, value in metrics.items()]
