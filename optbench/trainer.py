@@ -205,7 +205,7 @@ class Trainer:
             # Counters move only once the step is done: a checkpoint never skips a batch.
             self.step += 1
             self.batch_in_epoch = position
-            self._after_step(result, sum(y.shape[0] for _, y in group) * self.world.size)
+            self._after_step(result)
             if self.step >= self.total_steps or self.history.stop:
                 return
             # A stop signal takes effect here, between steps, on every rank at the same step.
@@ -218,7 +218,8 @@ class Trainer:
         return self.update(micro_batches, partial(self.task.training_loss, self.forward_model),
                            self.step + 1, measure)
 
-    def _after_step(self, result: StepResult, samples: int) -> None:
+    def _after_step(self, result: StepResult) -> None:
+        samples = result.samples * self.world.size
         self.interval.add(result, self.step, samples)
         self.samples_seen += samples
         if result.diagnostics is not None:

@@ -44,6 +44,7 @@ class StepResult:
     lrs: list[float]  # each parameter group's LR in this update
     momenta: list[float]  # each group's momentum, when the schedule cycles it (else empty)
     diagnostics: dict[str, dict[str, float]] | None  # the record of a diagnostic step
+    samples: int  # in this update's micro-batches (this process's share), skipped or not
 
 
 def whole(norm: torch.Tensor) -> torch.Tensor:
@@ -124,14 +125,15 @@ class UpdateStep:
         """Update number `step` from `micro_batches`; `measure` asks for the gradient norms."""
         if self.foreign_grads:  # another network's backward may have left some (else: every update ends without)
             self.optimizer.zero_grad(set_to_none=True)
-        loss = self._backward(micro_batches, loss_of)
+        samples = sum(y.shape[0] for _, y in micro_batches)  # shape, not len(): len is a Python-level call
+        loss = self._backward(micro_batches, loss_of, samples)
         self.scaler.unscale_(self.optimizer)  # clip and measure true gradients, not scaled ones
         grad_norm, post_clip = self._clip(measure or self.tc.nonfinite == "skip", measure)
         lrs = [g["lr"] for g in self.optimizer.param_groups]  # the rates this update uses
         momenta = cycled_momenta(self.scheduler)  # [] unless the schedule cycles momentum
         if self.tc.nonfinite == "skip" and not torch.isfinite(loss + grad_norm).item():
             self._skip(step, loss)
-            return StepResult(None, None, None, lrs, momenta, None)
+            return StepResult(None, None, None, lrs, momenta, None, samples)
 
         if self.diagnostics is not None:
             self.diagnostics.before_step(step)
@@ -146,11 +148,10 @@ class UpdateStep:
             self.ema.update()
         if self.scheduler is not None:
             self.scheduler.step()  # once per update: schedules count optimizer steps
-        return StepResult(loss, grad_norm, post_clip, lrs, momenta, record)
+        return StepResult(loss, grad_norm, post_clip, lrs, momenta, record, samples)
 
-    def _backward(self, micro_batches: list[Batch], loss_of: LossOf) -> torch.Tensor:
-        """Accumulate the gradient of the samples' mean loss; that loss, detached."""
-        total = sum(y.shape[0] for _, y in micro_batches)  # shape, not len(): len is a Python-level call
+    def _backward(self, micro_batches: list[Batch], loss_of: LossOf, total: int) -> torch.Tensor:
+        """Accumulate the gradient of the mean loss of the `total` samples; that loss, detached."""
         weighted = len(micro_batches) > 1  # a single micro-batch is the whole update: no tensor ops to weight it
         loss_sum: torch.Tensor | None = None
         for i, batch in enumerate(micro_batches):

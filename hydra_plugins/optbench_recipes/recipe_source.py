@@ -42,9 +42,11 @@ class RecipeSource(ConfigSource):
         path = self._file(config_path)
         if path is None or not path.is_file():
             raise ConfigLoadError(f"Config not found: {config_path} in {self.path}")
-        text = path.read_text(encoding="utf-8")
-        return ConfigResult(config=OmegaConf.load(path), path=self.full_path(), provider=self.provider,
-                            header=ConfigSource._get_header_dict(text))
+        # One read: the header comments (`# @package _global_`), then the YAML, as Hydra's file source does.
+        with path.open(encoding="utf-8") as f:
+            header = ConfigSource._get_header_dict(f.read(512))
+            f.seek(0)
+            return ConfigResult(config=OmegaConf.load(f), path=self.full_path(), provider=self.provider, header=header)
 
     def available(self) -> bool:
         return Path(self.path).is_dir()
