@@ -15,7 +15,7 @@ import weakref
 import pytest
 import torch
 
-from optbench.optim import Lamb, Lars, Lion, SophiaG, native
+from optbench.optim import Lamb, Lars, Lion, SophiaG, lars, native
 from optim_helpers import clone_params, make_params, run_side_by_side
 
 OPTIMIZERS = {
@@ -155,6 +155,71 @@ def test_what_changes_between_steps_is_checked_again(name, kernels):
     assert len(ran) == 12  # the kernel stepped but for the two column-major steps
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_lars_kept_weight_norms_equal_fresh_ones_to_the_bit(threads, kernels, monkeypatch):
+    """LARS keeps the large weights' ‖w‖², summed as its kernel writes them, for the next step. A run
+    that sums every ‖w‖ afresh at every step ends with the same weights to the last bit, on one thread,
+    two, and three (more than this machine's cores: an OpenMP reduction would add the threads' sums in
+    the order they finish), so that a resumed run, which sums them afresh once, equals one never
+    stopped. In float64: a float32 step would round most differences in a norm away."""
+    gen = torch.Generator().manual_seed(0)
+    made = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in ((300, 1000), (70_000,), (100,))]
+    kept_p, fresh_p = [t.clone().requires_grad_() for t in made], [t.clone().requires_grad_() for t in made]
+    kept, fresh = (Lars(params, lr=0.5, weight_decay=1e-3, trust_coefficient=0.01) for params in (kept_p, fresh_p))
+    given, true, step = [], [], native.step  # the norms the kernel is given, and the weights' own
+
+    def spy(kernel, packed, **kw):
+        given.append(list(kw["weight_squares"]))
+        true.append([w.double().square().sum().item() for w in packed.tensors[0]])
+        return step(kernel, packed, **kw)
+
+    monkeypatch.setattr(native, "step", spy)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # what the kernels split by
+    for _ in range(10):
+        grads = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in made]
+        for params in (kept_p, fresh_p):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+        kept.step()
+        fresh.forget_weight_norms()
+        fresh.step()
+    assert all(torch.equal(a, b) for a, b in zip(kept_p, fresh_p))
+    assert given[0] == given[1] == [-1.0] * 3  # the first step sums them all, and every fresh step
+    for squares, weights in zip(given[2::2], true[2::2]):  # the kept run's later steps: the large weights' known
+        assert squares[2] == -1.0  # a small one is summed afresh
+        assert squares[:2] == pytest.approx(weights[:2], rel=1e-5)
+    assert all(squares == [-1.0] * 3 for squares in given[1::2])
+
+
+def test_lars_sums_a_changed_weight_afresh(kernels, monkeypatch):
+    """A kept ‖w‖ is used only for a weight that the last step left as it is. One changed in place by
+    an op autograd sees (`mul_` under no_grad, `copy_` as `load_state_dict` does) is summed again, and so
+    is every weight after `forget_weight_norms()`, which a write through `.data` needs: the kernel stays
+    equal to the plain path. Without it, a `.data` write goes unseen (the limit LARS's docstring names)."""
+    monkeypatch.setattr(lars, "KEEP_NORM_MIN", 0)  # every weight keeps its norm
+
+    def run(forget_after_data_write: bool) -> float:
+        fast_p, plain_p = make_params(), make_params()
+        fast, plain = OPTIMIZERS["lars"](fast_p, None), OPTIMIZERS["lars"](plain_p, False)
+
+        def change(number: int) -> None:
+            with torch.no_grad():
+                for p in (fast_p[0], plain_p[0]):
+                    if number == 2:
+                        p.mul_(0.5)
+                    elif number == 4:
+                        p.copy_(torch.ones_like(p))
+                    elif number == 6:
+                        p.data.mul_(3.0)
+            if number == 6 and forget_after_data_write:
+                fast.forget_weight_norms()
+
+        return run_side_by_side(fast, fast_p, plain, plain_p, steps=10, after_step=change)
+
+    assert run(forget_after_data_write=True) <= 1e-12
+    assert run(forget_after_data_write=False) > 1e-6
+
+
 def test_the_packing_kept_between_steps_holds_no_gradient(kernels):
     """The gradients of a step are freed when the model's are (`zero_grad`): the packing kept for the
     next step's checks would otherwise hold a model's worth of memory."""
@@ -207,10 +272,11 @@ def test_fused_falls_back_when_compiling_fails(monkeypatch, caplog):
 def test_every_element_loop_of_the_c_kernels_vectorises(tmp_path):
     """GCC's vectoriser report on the kernels as native.py builds them: a loop over elements left
     scalar is a step several times slower (SophiaG's was 9x fused AdamW's on an AVX2 CPU, left with a
-    branch per element). An element loop is written with FOR_EACH_ELEMENT or SUM_IN_BLOCKS (two
-    versions each: split across threads or not), for two element types: each must be reported
-    vectorised four times or more, and a loop left scalar for control flow must be a loop over
-    tensors (`for (int64_t k ...`)."""
+    branch per element). An element loop written with FOR_EACH_ELEMENT or SUM_IN_BLOCKS (two versions
+    each: split across threads or not, for two element types) must be reported vectorised four times
+    or more; one written out in a function (LARS's), twice, once per element type (GCC names the
+    loop's line, its pragma's or its body's), but for the few elements left after LARS's quarters; and
+    a loop left scalar for control flow must be a loop over tensors or LARS's quarters."""
     compiler = native.compiler()
     if shutil.which(compiler) is None:
         pytest.skip(f"no C compiler {compiler!r} here")
@@ -220,15 +286,21 @@ def test_every_element_loop_of_the_c_kernels_vectorises(tmp_path):
     report = subprocess.run([compiler, *native.FLAGS, "-fopt-info-vec-all", "-x", "c", "-", "-o",
                              str(tmp_path / "kernels.so")], input=native.source(), capture_output=True,
                             text=True, check=True).stderr
-    lines = (native.HERE / "kernels_step.h").read_text().splitlines()
-    element_loops = [n for n, line in enumerate(lines, 1) if line.strip().startswith(("FOR_EACH_ELEMENT(", "SUM_IN_BLOCKS("))]
-    assert len(element_loops) == 6  # LAMB's two passes, LARS's two, Lion's, SophiaG's
-    vectorised = re.findall(r"kernels_step\.h:(\d+):\d+: optimized: loop vectorized", report)
-    for number in element_loops:
-        assert vectorised.count(str(number)) >= 4, f"kernels_step.h:{number} is not vectorised: {lines[number - 1].strip()}"
+    lines = [line.strip() for line in (native.HERE / "kernels_step.h").read_text().splitlines()]
+    macro_loops = [n for n, line in enumerate(lines, 1) if line.startswith(("FOR_EACH_ELEMENT(", "SUM_IN_BLOCKS("))]
+    function_loops = [n for n, line in enumerate(lines, 1)
+                      if line.startswith("for (int64_t i") and not line.endswith("/* the last 0-3 elements */")]
+    # LAMB's two passes, Lion's, SophiaG's; LARS's sums of squares and its update
+    assert (len(macro_loops), len(function_loops)) == (4, 2)
+    vectorised = [int(n) for n in re.findall(r"kernels_step\.h:(\d+):\d+: optimized: loop vectorized", report)]
+    for number in macro_loops:
+        assert vectorised.count(number) >= 4, f"kernels_step.h:{number} is not vectorised: {lines[number - 1]}"
+    for number in function_loops:
+        assert sum(vectorised.count(n) for n in (number - 1, number, number + 1)) >= 2, \
+            f"kernels_step.h:{number} is not vectorised: {lines[number - 1]}"
     for number in set(re.findall(r"kernels_step\.h:(\d+):\d+: missed: not vectorized: control flow", report)):
-        assert lines[int(number) - 1].strip().startswith("for (int64_t k = 0;"), \
-            f"kernels_step.h:{number} is left scalar: {lines[int(number) - 1].strip()}"
+        assert lines[int(number) - 1].startswith(("for (int64_t k = 0;", "for (int r = 0; r < 4;")), \
+            f"kernels_step.h:{number} is left scalar: {lines[int(number) - 1]}"
 
 
 def test_the_compiled_path_gets_every_float_in_one_copy_to_the_device():

@@ -65,7 +65,9 @@ RESUME_CASES = (
     [[f"optimizer={o}", *INNER.get(o, []), "scheduler=warmup_cosine"] for o in options("optimizer")]
     + [[f"scheduler={s}", "optimizer=momentum", "optimizer.lr=0.05"] for s in options("scheduler")]
     + [["trainer.accumulation_steps=3"], ["trainer.ema.decay=0.9"], ["trainer.precision=bf16"],
-       ["params=layer_decay", "optimizer=lamb"]]
+       ["params=layer_decay", "optimizer=lamb"],
+       # a 64x1100 weight: LARS keeps its norm between steps, and a resumed run sums it afresh
+       ["optimizer=lars", "model.hidden=[1100]"]]
 )
 
 

@@ -1,6 +1,7 @@
 """`optbench bench`: optimizer step time and optimizer-state memory, side by side.
 
-Every chosen optimizer config steps on one fixed parameter set with fixed gradients, shaped by
+Every chosen optimizer config steps its own copy of one fixed parameter set with fixed gradients
+(shared), as in training, where no other optimizer changes the weights between its steps; shaped by
 `shape`: by default blocks of a `width` x `width` matrix and three `width`-vectors (a linear layer
 with a norm, about `params` parameters in all); or the tensors of a real model (ResNet-50's, ViT-B/16's,
 read from torchvision's models built on the meta device), a few huge matrices, or many tiny vectors,
@@ -191,9 +192,9 @@ def candidates(names: list[str], params: list[Any], skipped: dict[str, str]) -> 
     from optbench.targets import resolve
 
     found = [
-        Candidate("adamw (baseline)", "torch fused", torch.optim.AdamW(params, lr=1e-3, fused=True)),
+        Candidate("adamw (baseline)", "torch fused", torch.optim.AdamW(own_copy(params), lr=1e-3, fused=True)),
         Candidate("sgd momentum (baseline)", "torch fused",
-                  torch.optim.SGD(params, lr=1e-3, momentum=0.9, fused=True)),
+                  torch.optim.SGD(own_copy(params), lr=1e-3, momentum=0.9, fused=True)),
     ]
     for name in names:
         extra = ["optimizer@optimizer.inner=adamw"] if name == "lookahead" else []
@@ -201,7 +202,7 @@ def candidates(names: list[str], params: list[Any], skipped: dict[str, str]) -> 
         target = str(node._target_)
         owner = "optbench" if target.startswith("optbench.") else target.split(".")[0]
         try:
-            found.append(Candidate(name, owner, optimizer_from(node, params)))
+            found.append(Candidate(name, owner, optimizer_from(node, own_copy(params))))
         except ImportError as e:
             skipped[name] = f"not installed: {e}"
         settings = {k: v for k, v in arguments(node).items() if k in SHARED_SETTINGS}
@@ -213,8 +214,20 @@ def candidates(names: list[str], params: list[Any], skipped: dict[str, str]) -> 
                 continue
             names_ok = accepted(cls)
             kwargs = {k: v for k, v in settings.items() if names_ok is None or k in names_ok}
-            found.append(Candidate(name, library, call_with_context(cls, kwargs, {"params": params})))
+            found.append(Candidate(name, library, call_with_context(cls, kwargs, {"params": own_copy(params)})))
     return found
+
+
+def own_copy(params: list[Any]) -> list[Any]:
+    """The parameters copied for one optimizer, sharing their gradients. Steps on shared weights would
+    be unlike training's: LARS keeps each weight's norm from one step to the next while nothing else
+    writes the weight, and another optimizer's step would make it read them again."""
+    import torch
+
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for copy, p in zip(copies, params):
+        copy.grad = p.grad
+    return copies
 
 
 def measure(found: list[Candidate], warmup: int, repeats: int) -> None:

@@ -11,6 +11,7 @@
  * (tests/test_optim_fused.py), which read like the papers' equations.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 
 /* Elements summed in `real` (in vector registers) before the sum joins a double accumulator. */
@@ -21,10 +22,6 @@
 /* coefficient * w / u, or 1 where either norm is zero: optbench.optim.base.trust_ratio. */
 static double trust_ratio(double w, double u, double coefficient) {
     return (w > 0.0 && u > 0.0) ? coefficient * w / u : 1.0;
-}
-
-static int64_t block_end(int64_t start, int64_t n) {
-    return start + BLOCK < n ? start + BLOCK : n;
 }
 
 /* A pragma inside a macro: #pragma cannot be written there, _Pragma("...") can. */
@@ -49,32 +46,58 @@ static int64_t block_end(int64_t start, int64_t n) {
         }                                                                                           \
     }
 
-/* One block of SUM_IN_BLOCKS: BODY for each i in [start, end), adding to block_a and block_b. */
-#define SUM_BLOCK(n, sum_a, sum_b, ...)                                                            \
-    {                                                                                               \
-        const int64_t end = block_end(start, n);                                                    \
+/* Sums over a tensor are split across threads in contiguous shares, and the threads' sums added in
+ * thread order: the same elements and thread count give the same sum to the last bit, whichever
+ * thread finishes first (an OpenMP reduction adds them in the order the threads finish: with three
+ * or more threads, a sum that differs from run to run). */
+#define MAX_THREADS 256
+
+/* For each thread's share [lo, hi) of [0, n) (all of it unless SPLIT): SHARE(n, lo, hi, a, b, ...)
+ * adds the share's two sums to the doubles a and b; their totals are added to SUM_A and SUM_B.
+ * SHARE is a macro named here and expanded below, so that the OpenMP pragmas inside it never pass
+ * through a macro argument. */
+#define FOR_EACH_SHARE(n, threads, SUM_A, SUM_B, SHARE, ...)                                       \
+    if (SPLIT(n, threads)) {                                                                        \
+        const int team = (threads) < MAX_THREADS ? (threads) : MAX_THREADS;                         \
+        double part_a[MAX_THREADS], part_b[MAX_THREADS];                                            \
+        for (int t = 0; t < team; t++)                                                              \
+            part_a[t] = part_b[t] = 0.0;                                                            \
+        PRAGMA(omp parallel num_threads(team))                                                      \
+        {                                                                                           \
+            const int t = omp_get_thread_num(), size = omp_get_num_threads();                       \
+            SHARE(n, (n) * t / size, (n) * (t + 1) / size, part_a[t], part_b[t], __VA_ARGS__)       \
+        }                                                                                           \
+        for (int t = 0; t < team; t++) {                                                            \
+            SUM_A += part_a[t];                                                                     \
+            SUM_B += part_b[t];                                                                     \
+        }                                                                                           \
+    } else {                                                                                        \
+        double all_a = 0.0, all_b = 0.0;                                                            \
+        SHARE(n, 0, n, all_a, all_b, __VA_ARGS__)                                                   \
+        SUM_A += all_a;                                                                             \
+        SUM_B += all_b;                                                                             \
+    }
+
+/* A share of SUM_IN_BLOCKS: BODY for each i in [lo, hi), in blocks of BLOCK elements, each one
+ * vectorised loop adding to the `real`s block_a and block_b, which are added to the doubles. */
+#define SUM_SHARE(n, lo, hi, share_a, share_b, ...)                                                \
+    for (int64_t start = (lo); start < (hi); start += BLOCK) {                                     \
+        const int64_t end = start + BLOCK < (hi) ? start + BLOCK : (hi);                            \
         real block_a = 0, block_b = 0;                                                              \
         PRAGMA(omp simd reduction(+:block_a, block_b))                                              \
         for (int64_t i = start; i < end; i++) {                                                     \
             __VA_ARGS__                                                                             \
         }                                                                                           \
-        sum_a += block_a;                                                                           \
-        sum_b += block_b;                                                                           \
+        share_a += block_a;                                                                         \
+        share_b += block_b;                                                                         \
     }
 
-/* The one pass of LAMB and LARS that reduces a tensor's two norms: runs BODY for each i in [0, n),
- * in blocks of BLOCK elements, each block one vectorised loop, the blocks split across `threads`
- * threads where SPLIT. BODY adds to the `real`s `block_a` and `block_b`; their sums over all
- * blocks are added to the doubles SUM_A and SUM_B. */
-#define SUM_IN_BLOCKS(n, threads, sum_a, sum_b, ...)                                               \
-    if (SPLIT(n, threads)) {                                                                        \
-        PRAGMA(omp parallel for num_threads(threads) reduction(+:sum_a, sum_b) schedule(static))    \
-        for (int64_t start = 0; start < n; start += BLOCK)                                          \
-            SUM_BLOCK(n, sum_a, sum_b, __VA_ARGS__)                                                 \
-    } else {                                                                                        \
-        for (int64_t start = 0; start < n; start += BLOCK)                                          \
-            SUM_BLOCK(n, sum_a, sum_b, __VA_ARGS__)                                                 \
-    }
+/* A pass that reduces two sums: runs BODY for each i in [0, n); BODY adds to the `real`s `block_a`
+ * and `block_b`, whose sums over all blocks are added to the doubles SUM_A and SUM_B. */
+#define SUM_IN_BLOCKS(n, threads, sum_a, sum_b, ...) FOR_EACH_SHARE(n, threads, sum_a, sum_b, SUM_SHARE, __VA_ARGS__)
+
+/* A share summed by a function of kernels_step.h: FN(lo, hi, &a, &b, ...). */
+#define CALL_SHARE(n, lo, hi, share_a, share_b, FN, ...) FN(lo, hi, &share_a, &share_b, __VA_ARGS__);
 
 #define real float
 #define sqrt_real sqrtf

@@ -15,10 +15,23 @@ gradient, so a tensor of small norm barely moves (Rosenbrock from (1.5, 1.5), cy
 gradients, γ = 1e-3, no momentum: after 2,000 steps no closer to the minimum than it started, and
 0.44 from it unadapted; tests/test_optim_parity.py).
 `always_adapt=True` is Algorithm 1 as written.
+
+Speed: on the CPU a LARS step is two passes over each tensor (the norms, then the update), where
+SGD's is one; on large tensors, bound by memory traffic, that read of the weights and gradients is
+most of what LARS costs beyond SGD. The C kernel sums ‖w‖² of the new weights as it writes them,
+and the next step uses that sum instead of reading the weights again when the weight is the same
+tensor object, at the same address, at the autograd version the step left it at: any in-place op
+on it (`copy_`, `mul_` under no_grad, `load_state_dict`) makes the step sum it afresh. A write
+through `.data` is invisible to that version, as to autograd: code that changes weights that way
+between steps must call `forget_weight_norms()`. The sum is the same function over the same blocks
+as a fresh one, so a kept ‖w‖ and a fresh one are equal to the last bit (and a resumed run equal to
+an uninterrupted one); tests/test_optim_fused.py checks both.
 """
 
 from __future__ import annotations
 
+from array import array
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,6 +64,24 @@ def _lars(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tens
 
 
 _kernel = StepKernel(_lars)
+
+# Weights of at least this many elements keep their ‖w‖² from one C-kernel step to the next: below
+# it, checking that the weight is unchanged costs about what reading it again does (it is in cache).
+KEEP_NORM_MIN = 65536
+
+
+@dataclass(slots=True)
+class KeptNorms:
+    """‖w‖² of a group's large weights after their last C-kernel step, and what says each is unchanged
+    since: the tensor object, its address and its autograd version; and the thread count the sums were
+    made with (their rounding depends on it)."""
+    sizes: array  # the group's packing's (the same object while the packing is)
+    indices: list[int]  # positions in it
+    weights: list[Tensor]
+    addresses: list[int]
+    versions: list[int]
+    squares: list[float]
+    threads: int
 
 
 def _sgd_momentum(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], *,
@@ -113,9 +144,43 @@ class Lars(TrustRatioOptimizer):
                                    eps=group["eps"])
                 kept_ratios.update(zip(params, ratios.unbind()))
             if packed := self.pack(group, [params, grads, buffers]):
-                native.step("lars_step", packed, **hyper)
+                squares = self._known_weight_squares(group, packed)
+                native.step("lars_step", packed, weight_squares=squares, **hyper)
+                self._keep_weight_squares(group, packed, squares)
                 continue
             # Norms outside the kernel: ATen's multi-threaded reductions beat compiled ones on CPU.
             _kernel(group["fused"], params, grads, buffers,
                     list(torch._foreach_norm(params)), list(torch._foreach_norm(grads)), **hyper)
         return loss
+
+    def forget_weight_norms(self) -> None:
+        """Sum every ‖w‖ afresh at the next step: for code that writes weights through `.data`."""
+        self._kept_norms().clear()
+
+    def _kept_norms(self) -> dict[int, KeptNorms]:
+        return self.__dict__.setdefault("_weight_norms", {})  # an attribute, not state: never saved
+
+    def _known_weight_squares(self, group: dict[str, Any], packed: native.Packed) -> array:
+        """For the C kernel: ‖w‖² of each weight where the group's last step left it and the weight is
+        unchanged since, else -1 (sum it)."""
+        squares = array("d", [-1.0]) * len(packed.sizes)
+        kept = self._kept_norms().get(id(group))
+        if kept is None or kept.threads != torch.get_num_threads():
+            return squares
+        params = packed.tensors[0]
+        for k, weight, address, version, square in zip(kept.indices, kept.weights, kept.addresses, kept.versions,
+                                                        kept.squares):
+            if k < len(params) and params[k] is weight and weight.data_ptr() == address and weight._version == version:
+                squares[k] = square
+        return squares
+
+    def _keep_weight_squares(self, group: dict[str, Any], packed: native.Packed, squares: array) -> None:
+        """Keep the large weights' new ‖w‖² that the kernel wrote into `squares`."""
+        kept = self._kept_norms().get(id(group))
+        # The same packing as last step (the same weights): the same positions, no search of the sizes.
+        indices = kept.indices if kept is not None and kept.sizes is packed.sizes else [
+            k for k, n in enumerate(packed.sizes) if n >= KEEP_NORM_MIN]
+        weights = [packed.tensors[0][k] for k in indices]
+        self._kept_norms()[id(group)] = KeptNorms(
+            packed.sizes, indices, weights, [w.data_ptr() for w in weights], [w._version for w in weights],
+            [squares[k] for k in indices], torch.get_num_threads())

@@ -64,6 +64,7 @@ TENSORS = Kind("real *const *", ctypes.c_void_p)  # one packed tensor list, writ
 INPUTS = Kind("const real *const *", ctypes.c_void_p)  # one packed tensor list, read only
 SIZES = Kind("const int64_t *", ctypes.c_void_p)  # the packed tensors' element counts
 PER_TENSOR = Kind("const double *", ctypes.c_void_p)  # given: a number for each tensor
+PER_TENSOR_OUT = Kind("double *", ctypes.c_void_p)  # given: an array("d") of a number for each tensor, rewritten
 SCRATCH = Kind("real *", ctypes.c_void_p)  # given: a contiguous buffer as large as the largest tensor
 NUMBER = Kind("double", ctypes.c_double)  # given: a hyperparameter
 THREADS = Kind("int", ctypes.c_int)  # torch's thread count
@@ -75,8 +76,8 @@ KERNELS: dict[str, tuple[tuple[str, Kind], ...]] = {
                   ("bias_corrections2", PER_TENSOR), ("scratch", SCRATCH), ("lr", NUMBER), ("beta1", NUMBER),
                   ("beta2", NUMBER), ("eps", NUMBER), ("weight_decay", NUMBER), ("threads", THREADS)),
     "lars_step": (("count", COUNT), ("params", TENSORS), ("grads", INPUTS), ("momentum_buffers", TENSORS),
-                  ("sizes", SIZES), ("lr", NUMBER), ("momentum", NUMBER), ("weight_decay", NUMBER),
-                  ("trust_coefficient", NUMBER), ("eps", NUMBER), ("threads", THREADS)),
+                  ("sizes", SIZES), ("weight_squares", PER_TENSOR_OUT), ("lr", NUMBER), ("momentum", NUMBER),
+                  ("weight_decay", NUMBER), ("trust_coefficient", NUMBER), ("eps", NUMBER), ("threads", THREADS)),
     "sophia_step": (("count", COUNT), ("params", TENSORS), ("grads", INPUTS), ("exp_avgs", TENSORS),
                     ("hessians", INPUTS), ("sizes", SIZES), ("lr", NUMBER), ("beta1", NUMBER), ("rho", NUMBER),
                     ("weight_decay", NUMBER), ("eps", NUMBER), ("threads", THREADS)),
@@ -277,6 +278,11 @@ def step(kernel: str, packed: Packed, **given: Any) -> None:
             if len(given[name]) != count:
                 raise ValueError(f"{kernel}: {name} has {len(given[name])} numbers for {count} tensors")
             values.append(array("d", given[name]))
+        elif kind is PER_TENSOR_OUT:
+            numbers = given[name]
+            if type(numbers) is not array or numbers.typecode != "d" or len(numbers) != count:
+                raise ValueError(f"{kernel}: {name} must be an array('d') of {count} numbers, one per tensor")
+            values.append(numbers)  # written through: the caller reads the kernel's numbers in it
         elif kind is SCRATCH:
             values.append(_scratch(kernel, name, given[name], packed))
         elif kind is NUMBER:
@@ -294,7 +300,7 @@ def _parts(kernel: str) -> tuple[list[str], dict[str, None]]:
     """The tensor lists `kernel` takes, and the arguments its callers give (by name), in order."""
     arguments = KERNELS[kernel]
     return ([name for name, kind in arguments if kind is TENSORS or kind is INPUTS],
-            dict.fromkeys(name for name, kind in arguments if kind in (PER_TENSOR, SCRATCH, NUMBER)))
+            dict.fromkeys(name for name, kind in arguments if kind in (PER_TENSOR, PER_TENSOR_OUT, SCRATCH, NUMBER)))
 
 
 def _scratch(kernel: str, name: str, buffer: Tensor, packed: Packed) -> int:
