@@ -34,7 +34,8 @@ class TrainInterval:
         self.update, self.world_size, self.total_steps = update, world_size, total_steps
         self.device = update.device
         self.steps_taken = 0  # optimizer.step() calls that ran (the fp16 scaler skips some)
-        update.optimizer.register_step_post_hook(lambda *_: self._count_step())
+        if update.scaler.is_enabled():  # counted only where steps can be skipped: a hook costs every step
+            update.optimizer.register_step_post_hook(lambda *_: self._count_step())
         self.reset(first_step=1)
 
     def _count_step(self) -> None:

@@ -53,10 +53,13 @@ def whole(norm: torch.Tensor) -> torch.Tensor:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
+_AS_IS = nullcontext()  # a context that changes nothing (full precision, a micro-batch that syncs): one object, not one a step
+
+
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
     """Mixed precision as `trainer.precision` says (`32`: none)."""
     dtype = AUTOCAST_DTYPES.get(precision)
-    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+    return _AS_IS if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def applied(updates: list[UpdateStep], model: nn.Module, forward_model: nn.Module,
@@ -163,13 +166,15 @@ class UpdateStep:
                     # same gradient as one batch of K*B (and a short last group is scaled by what it had).
                     loss = loss * (batch[1].shape[0] / total)
             self.scaler.scale(loss).backward()
-            loss = loss.detach().float()
+            loss = loss.detach()
+            if loss.dtype != torch.float32:  # a float32 loss (most) is not converted: a call each step
+                loss = loss.float()
             loss_sum = loss if loss_sum is None else loss_sum + loss
         return loss_sum
 
     def _sync(self, last: bool) -> AbstractContextManager[Any]:
         """Data-parallel training syncs gradients only on the micro-batch that steps."""
-        return nullcontext() if last or self.no_sync is None else self.no_sync()
+        return _AS_IS if last or self.no_sync is None else self.no_sync()
 
     def _clip(self, need_norm: bool, measure: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Clip as configured (norm, then value, then AGC); the total norm before and after."""
