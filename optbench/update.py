@@ -53,7 +53,8 @@ def whole(norm: torch.Tensor) -> torch.Tensor:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-_AS_IS = nullcontext()  # a context that changes nothing (full precision, a micro-batch that syncs): one object, not one a step
+# A context that changes nothing (full precision; the micro-batch that syncs): one object, not one a step.
+_AS_IS = nullcontext()
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:

@@ -3,14 +3,15 @@
 Every chosen optimizer config steps its own copy of one fixed parameter set with fixed gradients
 (shared), as in training, where no other optimizer changes the weights between its steps; shaped by
 `shape`: by default blocks of a `width` x `width` matrix and three `width`-vectors (a linear layer
-with a norm, about `params` parameters in all); or the tensors of a real model (ResNet-50's, ViT-B/16's,
-read from torchvision's models built on the meta device), a few huge matrices, or many tiny vectors,
-since an optimizer's per-tensor costs and its memory passes weigh differently in each. torch's fused AdamW and fused SGD with momentum run beside them as
-baselines, and so does the same optimizer from timm, pytorch-optimizer and lion-pytorch where
-they are installed. Steps are timed round-robin (one step of each, `repeats` times) so that a
-busy machine slows all of them alike; `warmup` steps before, compilation included, are not
-timed. Reported: the minimum and median step times, their ratios to the baselines, and state bytes per parameter;
-under the table, every optimizer left out and why, and what 8-bit state costs in step time here.
+with a norm, about `params` parameters in all); or the tensors of a real model (ResNet-50's,
+ViT-B/16's, read from torchvision's models built on the meta device), a few huge matrices, or many
+tiny vectors, since an optimizer's per-tensor costs and its memory passes weigh differently in
+each. torch's fused AdamW and fused SGD with momentum run beside them as baselines, and so does the
+same optimizer from timm, pytorch-optimizer and lion-pytorch where they are installed. Steps are
+timed round-robin (one step of each, `repeats` times) so that a busy machine slows all of them
+alike; `warmup` steps before, compilation included, are not timed. Reported: the minimum and
+median step times, their ratios to the baselines, and state bytes per parameter; under the table,
+every optimizer left out and why, and what 8-bit state costs in step time here.
 """
 
 from __future__ import annotations
