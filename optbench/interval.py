@@ -47,7 +47,8 @@ class TrainInterval:
         self.samples = 0
         self.losses: list[torch.Tensor] = []  # the interval's losses, unread (skipped updates have none)
         self.loss_steps: list[int] = []  # ... and the steps they belong to
-        self.update.clipped.zero_()
+        if self.update.tc.clip_norm is not None:  # counted (and read) only with norm clipping: a tensor op
+            self.update.clipped.zero_()
         self.steps_taken_at_start = self.steps_taken
 
     def add(self, result: StepResult, step: int, samples: int) -> None:

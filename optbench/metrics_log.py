@@ -80,7 +80,7 @@ class MetricsLog:
         """The same scalars to every tracker: TensorBoard, and MLflow when the run logs there."""
         if self._writer is not None:
             with writing(self._writer.path):
-                self._writer.add_summary(one_event(scalars), step)
+                self._writer.add_scalars(scalars, step)
         if self.mlflow is not None:
             self.mlflow.log_metrics(scalars, step)
 
@@ -121,15 +121,6 @@ def _truncate_after(path: Path, step: int) -> None:
     with temporary_beside(path) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= step))
         os.replace(tmp, path)
-
-
-def one_event(scalars: dict[str, float]) -> Any:
-    """The scalars as one TensorBoard event: `add_scalar` makes an event each, and each is a hand-off
-    to the writer's thread that costs more than the whole line in one (3-10x, at a log step)."""
-    from tensorboard.compat.proto.summary_pb2 import Summary  # here: `import optbench` stays light
-
-    # The value torch.utils.tensorboard's `scalar` makes, without its checks and conversions (6x as long).
-    return Summary(value=[Summary.Value(tag=tag, simple_value=float(number)) for tag, number in scalars.items()])
 
 
 def per_group(name: str, values: list[float], groups: list[dict[str, Any]]) -> dict[str, float]:
