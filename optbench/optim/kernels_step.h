@@ -91,8 +91,18 @@ static void NAME(lars_norms)(int64_t lo, int64_t hi, double *w_sq, double *g_sq,
     *g_sq = NAME(share_squares)(g_runs, g, lo + 4 * q, hi);
 }
 
-/* LARS's update of a share, v ← m v + λ (g + β w), w ← w − γ v, a block of each quarter at a time,
- * each block's squares summed as soon as it is written (from cache): ‖w‖² of the new weights. */
+/* LARS's update of elements [from, to): v ← m v + λ (g + β w), w ← w − γ v. */
+static inline void NAME(lars_update_range)(real *restrict w, const real *restrict g, real *restrict buf, int64_t from,
+                                           int64_t to, real mu, real local_lr, real wd, real gamma) {
+#pragma omp simd
+    for (int64_t i = from; i < to; i++) {
+        buf[i] = buf[i] * mu + local_lr * (g[i] + wd * w[i]);
+        w[i] -= gamma * buf[i];
+    }
+}
+
+/* LARS's update of a share, a block of each quarter at a time, each block's squares summed as soon
+ * as it is written (from cache): ‖w‖² of the new weights. */
 static void NAME(lars_update)(int64_t lo, int64_t hi, double *w_sq, double *unused, real *restrict w,
                               const real *restrict g, real *restrict buf, real mu, real local_lr, real wd,
                               real gamma) {
@@ -101,20 +111,11 @@ static void NAME(lars_update)(int64_t lo, int64_t hi, double *w_sq, double *unus
     (void)unused;
     for (int64_t s = 0; s < q; s += BLOCK) {
         const int64_t len = NAME(block_length)(s, q);
-        for (int r = 0; r < 4; r++) {
-            const int64_t a = lo + r * q + s;
-#pragma omp simd
-            for (int64_t i = a; i < a + len; i++) {
-                buf[i] = buf[i] * mu + local_lr * (g[i] + wd * w[i]);
-                w[i] -= gamma * buf[i];
-            }
-        }
+        for (int r = 0; r < 4; r++)
+            NAME(lars_update_range)(w, g, buf, lo + r * q + s, lo + r * q + s + len, mu, local_lr, wd, gamma);
         NAME(add_quarter_squares)(w, lo + s, q, len, runs);
     }
-    for (int64_t i = lo + 4 * q; i < hi; i++) {  /* the last 0-3 elements */
-        buf[i] = buf[i] * mu + local_lr * (g[i] + wd * w[i]);
-        w[i] -= gamma * buf[i];
-    }
+    NAME(lars_update_range)(w, g, buf, lo + 4 * q, hi, mu, local_lr, wd, gamma);  /* the last 0-3 elements */
     *w_sq = NAME(share_squares)(runs, w, lo + 4 * q, hi);
 }
 
