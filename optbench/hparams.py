@@ -122,19 +122,17 @@ class HParamsSession:
     def write(self, status: str, metrics: dict[str, float], step: int) -> None:
         """The session with `status` and the `final/`, `best/` scalars, atomically."""
         from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
 
-        from optbench.event_file import FILE_VERSION, write_events
+        from optbench.event_file import FILE_VERSION, record, scalar_event, write_events
 
         now = time.time()
         events = [Event(wall_time=now, file_version=FILE_VERSION),
                   Event(wall_time=now, step=step, summary=self._session_summary(status, now))]
-        events += [Event(wall_time=now, step=step, summary=Summary(value=[Summary.Value(tag=name, simple_value=value)]))
-                   for name, value in metrics.items()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with temporary_beside(self.path) as tmp:
             with tmp.open("wb") as f:
                 write_events(f, events)
+                f.write(b"".join(record(scalar_event(now, step, {name: value})) for name, value in metrics.items()))
             os.replace(tmp, self.path)
 
     def _session_summary(self, status: str, now: float) -> Any:
