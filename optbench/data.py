@@ -12,6 +12,8 @@ import importlib.util
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import islice
 from pathlib import Path
 
 from typing import Literal, Optional
@@ -104,12 +106,13 @@ class InMemoryData:
     def shard(self, rank: int, world_size: int) -> None:
         """Read only rank `rank`'s share of every batch (`data.batch_size` stays the global batch)."""
         self.rank, self.world_size = rank, world_size
+        self.__dict__.pop("batches_per_epoch", None)  # counted again for the shares
 
     @property
     def num_train(self) -> int:
         return len(self.y_train)
 
-    @property
+    @cached_property  # read after every step (is the epoch over?): counted once
     def batches_per_epoch(self) -> int:
         """Training (micro-)batches in one epoch."""
         return count_batches(self.num_train, self.batch_size, self.drop_last, self.world_size)
@@ -215,11 +218,7 @@ def batch_groups(data: InMemoryData, seed: int, epoch: int, start: int,
                  size: int) -> Iterator[tuple[list[Batch], int]]:
     """The micro-batches of one epoch from micro-batch `start` on, `size` at a time (one optimizer
     update each), with the position after each group; a last, incomplete group still steps."""
-    group: list[Batch] = []
-    position = start
-    for batch in data.train_batches(seed, epoch, start=start):
-        group.append(batch)
-        position += 1
-        if len(group) == size or position == data.batches_per_epoch:
-            yield group, position
-            group = []
+    batches = data.train_batches(seed, epoch, start=start)
+    end = data.batches_per_epoch
+    for position in range(start, end, size):
+        yield list(islice(batches, size)), min(position + size, end)

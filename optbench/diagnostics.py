@@ -30,16 +30,16 @@ class Diagnostics:
         self._before: dict[nn.Parameter, torch.Tensor] = {}
         self._group_norms: dict[str, torch.Tensor] = {}  # read in `after_step`, with the rest
 
-    def due(self, step: int) -> bool:
-        return self.every is not None and step % self.every == 0
-
-    def before_step(self, step: int) -> None:
-        """Call after gradients are final (unscaled, clipped), before `optimizer.step()`."""
+    def before_step(self, step: int) -> bool:
+        """Call after gradients are final (unscaled, clipped), before `optimizer.step()`; whether
+        this step is recorded (then `after_step` gives the record)."""
         if not self.checked_for_missing_grads:
             self._name_parameters_without_gradient()
-        if self.due(step):  # checked outside no_grad, whose context costs more than the check (every step)
-            with torch.no_grad():
-                self._keep_before()
+        if self.every is None or step % self.every:  # outside no_grad: its context costs more (every step)
+            return False
+        with torch.no_grad():
+            self._keep_before()
+        return True
 
     def _keep_before(self) -> None:
         """The group gradient norms and a copy of the weights, for `after_step`'s record."""

@@ -4,8 +4,9 @@ torch's SummaryWriter hands each event to a writer thread, which checksums it wi
 CRC-32C written in Python (about 40 us an event here) while holding the interpreter lock that the
 training loop needs. An event file is a sequence of records (length, its checksum, the serialized
 `Event`, its checksum; TFRecord framing), so optbench writes them itself, checksummed by
-google-crc32c (hardware CRC instructions), to a buffered file flushed at each write: a train line
-costs a few microseconds and a write that fails (a full disk) raises where it happens.
+google-crc32c (hardware CRC instructions), to a buffered file that `MetricsLog` flushes with its
+other files: a train line costs a few microseconds and a write that fails (a full disk) raises in
+the training thread, where MetricsLog names the file.
 
 The scalars of a train line are encoded here too (`scalar_event`), rather than built as protobuf
 objects and serialized: TensorBoard's part of a train line took 145 us (median, digits MLP) that
@@ -15,6 +16,7 @@ fields, the same bytes as protobuf's (tests/test_event_file.py compares them).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -66,12 +68,19 @@ def _float32(number: float) -> bytes:
         return struct.pack("<f", math.copysign(math.inf, number))
 
 
+@functools.cache  # a run logs the same few tags at every line
+def _value_start(tag: str) -> bytes:
+    """A `Value(tag, simple_value)` field up to its float: the value's key and length (the tag's
+    field plus 5 bytes of simple_value), the tag's field, simple_value's key."""
+    tag_field = _field(0x0A, tag.encode())
+    return b"\x0a" + _varint(len(tag_field) + 5) + tag_field + b"\x15"
+
+
 def scalar_event(wall_time: float, step: int, scalars: dict[str, float]) -> bytes:
     """The serialized `Event(wall_time, step, summary=Summary(value=[Value(tag, simple_value)...]))`
     of TensorBoard's event.proto and summary.proto: wall_time is field 1 (double), step 2 (varint),
     summary 5; a Summary's values are field 1; a value's tag is field 1, simple_value 2 (float)."""
-    values = b"".join(_field(0x0A, _field(0x0A, tag.encode()) + b"\x15" + _float32(number))
-                      for tag, number in scalars.items())
+    values = b"".join(_value_start(tag) + _float32(number) for tag, number in scalars.items())
     return b"\x09" + struct.pack("<d", wall_time) + (b"\x10" + _varint(step) if step else b"") + _field(0x2A, values)
 
 
@@ -99,7 +108,10 @@ class EventFile:
     def add_scalars(self, scalars: dict[str, float], step: int) -> None:
         """One event of `scalars` (tag: value) at `step`."""
         self._file.write(record(scalar_event(time.time(), step, scalars)))
-        self._file.flush()  # TensorBoard shows the curve as it grows; a killed run keeps what it logged
+
+    def flush(self) -> None:
+        """To disk: TensorBoard shows the curve as it grows (MetricsLog flushes every second)."""
+        self._file.flush()
 
     def _write(self, events: list[Any]) -> None:
         write_events(self._file, events)

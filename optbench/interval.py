@@ -64,7 +64,8 @@ class TrainInterval:
         reductions, with losses or without."""
         losses = torch.stack(self.losses).tolist() if self.losses else []
         loss_sum = sum(losses)
-        first = next((step for step, loss in zip(self.loss_steps, losses) if not math.isfinite(loss)), None)
+        first = None if math.isfinite(loss_sum) else next(  # a sum is finite only if every loss is
+            (step for step, loss in zip(self.loss_steps, losses) if not math.isfinite(loss)), None)
         if self.world_size > 1:  # the mean over ranks, and the first bad step on any of them
             none = self.total_steps + 1  # "no bad step": past the run, so that the minimum picks a real one
             total = distributed.all_reduce(torch.tensor(loss_sum, dtype=torch.float64, device=self.device))

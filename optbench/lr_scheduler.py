@@ -43,7 +43,8 @@ class ScheduledLR(LambdaLR):
 
     def step(self, epoch: int | None = None) -> None:
         super().step(epoch)
-        self._set_momentum()
+        if self.schedule.cycle_momentum:  # most schedules do not: asked here, not in a call each step
+            self._set_momentum()
 
     def _set_momentum(self) -> None:
         momentum = self.schedule.momentum(self.last_epoch)

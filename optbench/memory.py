@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -26,7 +26,6 @@ from torch.utils._pytree import tree_flatten
 # Optimizer steps watched on the CPU: the first creates the optimizer state, the second runs
 # with it in place, as every later step does.
 WATCHED_STEPS = 2
-_UNWATCHED = nullcontext()  # what `watch` gives every later step: one shared object, not one a step
 
 CPU_MEASURE = (f"peak bytes of live tensors (parameters, gradients, optimizer state, activations; not the "
                f"data set, nor the optimizer step's temporaries) over the first {WATCHED_STEPS} optimizer steps, "
@@ -82,8 +81,11 @@ class PeakMemory:
         self.device = device
         self.modules = modules
         self.optimizers = optimizers
-        self.to_watch = WATCHED_STEPS if watch else 0
+        self.to_watch = WATCHED_STEPS if watch and device.type == "cpu" else 0
         self.watched = 0
+        # Whether the next step is to be watched: read by the loop at every step, so a plain
+        # attribute; the loop enters `watch()` only then (a context costs every step ~15 us).
+        self.watching = self.to_watch > 0
         self.peak = 0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -94,14 +96,9 @@ class PeakMemory:
                 *(t for opt in self.optimizers for state in opt.state.values() for t in state.values()
                   if isinstance(t, torch.Tensor))]
 
-    def watch(self) -> Any:
-        """Context for one optimizer step: on the CPU, counted for the first WATCHED_STEPS."""
-        if self.device.type != "cpu" or self.watched >= self.to_watch:
-            return _UNWATCHED
-        return self._watch_step()
-
     @contextmanager
-    def _watch_step(self) -> Iterator[None]:
+    def watch(self) -> Iterator[None]:
+        """Context for one optimizer step while `watching` (on the CPU, the first WATCHED_STEPS)."""
         mode = LiveTensorBytes(self.kept_tensors())
         active = [False]
 
@@ -131,6 +128,7 @@ class PeakMemory:
             for handle in handles:
                 handle.remove()
         self.watched += 1
+        self.watching = self.watched < self.to_watch
         self.peak = max(self.peak, mode.peak)
 
     def result(self) -> dict[str, Any] | None:

@@ -2,13 +2,15 @@
 
 On a terminal, the bar keeps step/total, elapsed time and ETA at any width from 80 columns (the
 status text gives way first), and log lines print above it. When stdout is not a terminal (a
-SLURM log, `| tee`), a plain line is printed at each log step instead, as timm does, so that a
-log file shows progress while the run goes on. In a sweep's job the bar or line names the job.
+SLURM log, `| tee`), a plain line is printed at log steps instead, as timm does, so that a log
+file shows progress while the run goes on. Either is drawn at most 10 times a second (as tqdm
+does) and at the end. In a sweep's job the bar or line names the job.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from typing import Any, TextIO
@@ -22,6 +24,11 @@ from rich.text import Text
 console = Console(stderr=True)
 
 LABEL_WIDTH = 24  # a sweep job's label at most: the bar's step/total, elapsed and ETA fit 80 columns
+
+# The bar is redrawn, or a plain line printed, at most this often (tqdm's `mininterval`), and at
+# the last step: a small model logs every 10 steps many times a second, faster than anyone reads,
+# and each redraw cost ~60 us of the training thread.
+REDRAW_INTERVAL_S = 0.1
 
 
 class StatusColumn(ProgressColumn):
@@ -108,7 +115,8 @@ def terminal_log_handlers() -> list[logging.StreamHandler]:
 
 
 class ProgressBar:
-    """Step/total, elapsed, ETA, loss, LR, samples/s and epoch; updated at log steps only (cheap).
+    """Step/total, elapsed, ETA, loss, LR, samples/s and epoch; updated at log steps only, drawn at
+    most every REDRAW_INTERVAL_S.
 
     `enabled`: show progress at all (trainer.progress, and only on the main process)."""
 
@@ -122,6 +130,8 @@ class ProgressBar:
             self.label, total=total_steps, completed=start_step, status="")
         self._streams: list[tuple[logging.StreamHandler, TextIO]] = []
         self._started = time.perf_counter()
+        self._drawn_at = -math.inf
+        self._undrawn: tuple[int, float, dict[str, float]] | None = None  # the last update, if not shown
 
     def __enter__(self) -> ProgressBar:
         self._started = time.perf_counter()
@@ -133,6 +143,8 @@ class ProgressBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._undrawn is not None:
+            self._draw(time.perf_counter())
         if self._progress is not None:
             self._progress.stop()
             for handler, stream in self._streams:
@@ -140,11 +152,22 @@ class ProgressBar:
             self._streams = []
 
     def update(self, step: int, epoch: float, metrics: dict[str, float]) -> None:
+        """Show the run at a log step: at most every REDRAW_INTERVAL_S, at the last step, and when
+        the bar ends (a run stopped early shows where it stopped)."""
+        self._undrawn = (step, epoch, metrics)
+        now = time.perf_counter()
+        if now - self._drawn_at >= REDRAW_INTERVAL_S or step == self.total:
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        step, epoch, metrics = self._undrawn
+        self._undrawn = None
+        self._drawn_at = now
         status = status_text(epoch, metrics)
         if self._progress is not None:
             self._progress.update(self._task, completed=step, status=status, refresh=True)
         elif self.plain:
-            print(self.plain_line(step, status, time.perf_counter() - self._started), flush=True)
+            print(self.plain_line(step, status, now - self._started), flush=True)
 
     def plain_line(self, step: int, status: str, elapsed: float) -> str:
         """`train 120/240 (50%)  loss ...  elapsed 0:00:01  eta 0:00:01`: one log step, for a log file."""

@@ -199,8 +199,12 @@ class Trainer:
         """Consume the rest of the current epoch, one optimizer step per group of micro-batches."""
         for group, position in batch_groups(self.data, self.tc.seed, self.epoch, self.batch_in_epoch,
                                             self.tc.accumulation_steps):
-            measure = (self.step + 1) % self.tc.log_every == 0 or self.step + 1 == self.total_steps
-            with self.memory.watch():
+            step = self.step + 1
+            measure = step % self.tc.log_every == 0 or step == self.total_steps
+            if self.memory.watching:  # the first steps only: a context entered every step costs ~15 us
+                with self.memory.watch():
+                    result = self.train_step(group, measure)
+            else:
                 result = self.train_step(group, measure)
             # Counters move only once the step is done: a checkpoint never skips a batch.
             self.step += 1
@@ -347,6 +351,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         self.checkpointed_at = time.perf_counter()
+        self.metrics_log.flush()  # the lines up to this step on disk first: a resume continues from both
         state = self.state_dict()
         if self.strategy == "fsdp":
             state["sharded"] = distributed.save_sharded(self.model, self.optimizer, self.folder.checkpoints, self.step)

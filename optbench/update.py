@@ -34,7 +34,7 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
 LossOf = Callable[[Batch], torch.Tensor]  # the loss of one micro-batch
 
 
-@dataclass
+@dataclass(slots=True)  # one a step: slots make it and its reads cheaper
 class StepResult:
     """What one update did. Tensors stay on the device: reading them is the caller's sync."""
 
@@ -102,15 +102,22 @@ class UpdateStep:
         self.agc_params = [p for n, p in module.named_parameters() if not n.startswith("head.")]
         self.clipped = torch.zeros((), device=device)  # updates whose norm exceeded clip_norm
         self.skipped = 0  # updates dropped under trainer.nonfinite=skip
-        # Found once: the protocol checks through wrappers cost ~30 us, a step of a small model ~1 ms.
+        # What every update asks, answered once: a step of a small model takes ~1 ms, and each
+        # question asked per step (a call into the scaler, the schedule, a wrapper's protocol) a few us.
         self.refreshes_hessian = bool(hessian_estimators(optimizer))
+        self.autocast_dtype = AUTOCAST_DTYPES.get(tc.precision)  # None: full precision
+        self.scaling = self.scaler.is_enabled()
+        self.clipping = (tc.clip_norm, tc.clip_value, tc.clip_agc) != (None, None, None)
+        self.skips_nonfinite = tc.nonfinite == "skip"
+        self.cycles_momentum = bool(getattr(scheduler, "cycle_momentum", False))
 
     def autocast(self) -> AbstractContextManager[Any]:
-        return autocast(self.device, self.tc.precision)
+        """The `autocast` of this update's settings (entered for every micro-batch: one call)."""
+        return _AS_IS if self.autocast_dtype is None else torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def describe(self) -> dict[str, Any]:
         """What this update applies, read from the objects that apply it (summary.json `applied`)."""
-        dtype = AUTOCAST_DTYPES.get(self.tc.precision)  # what `autocast()` casts to
+        dtype = self.autocast_dtype
         clipping = {"norm": self.tc.clip_norm, "value": self.tc.clip_value, "agc": self.tc.clip_agc}
         return {
             "optimizer": type(self.optimizer).__name__,
@@ -131,19 +138,24 @@ class UpdateStep:
             self.optimizer.zero_grad(set_to_none=True)
         samples = sum(y.shape[0] for _, y in micro_batches)  # shape, not len(): len is a Python-level call
         loss = self._backward(micro_batches, loss_of, samples)
-        self.scaler.unscale_(self.optimizer)  # clip and measure true gradients, not scaled ones
-        grad_norm, post_clip = self._clip(measure or self.tc.nonfinite == "skip", measure)
+        if self.scaling:
+            self.scaler.unscale_(self.optimizer)  # clip and measure true gradients, not scaled ones
+        grad_norm = post_clip = None
+        if self.clipping or measure or self.skips_nonfinite:  # most steps: nothing to clip or measure
+            grad_norm, post_clip = self._clip(measure or self.skips_nonfinite, measure)
         lrs = [g["lr"] for g in self.optimizer.param_groups]  # the rates this update uses
-        momenta = cycled_momenta(self.scheduler)  # [] unless the schedule cycles momentum
-        if self.tc.nonfinite == "skip" and not torch.isfinite(loss + grad_norm).item():
+        momenta = cycled_momenta(self.scheduler) if self.cycles_momentum else []
+        if self.skips_nonfinite and not torch.isfinite(loss + grad_norm).item():
             self._skip(step, loss)
             return StepResult(None, None, None, lrs, momenta, None, samples)
 
-        if self.diagnostics is not None:
-            self.diagnostics.before_step(step)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        record = self.diagnostics.after_step() if self.diagnostics is not None else None
+        diagnosing = self.diagnostics is not None and self.diagnostics.before_step(step)
+        if self.scaling:
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        record = self.diagnostics.after_step() if diagnosing else None
         self.optimizer.zero_grad(set_to_none=True)
         # Curvature-based optimizers (SophiaG, also inside a wrapper) re-estimate every k steps.
         if self.refreshes_hessian:
@@ -166,7 +178,7 @@ class UpdateStep:
                     # Weight by the micro-batch's share of samples so that K micro-batches of B give the
                     # same gradient as one batch of K*B (and a short last group is scaled by what it had).
                     loss = loss * (batch[1].shape[0] / total)
-            self.scaler.scale(loss).backward()
+            (self.scaler.scale(loss) if self.scaling else loss).backward()
             loss = loss.detach()
             if loss.dtype != torch.float32:  # a float32 loss (most) is not converted: a call each step
                 loss = loss.float()
@@ -179,10 +191,7 @@ class UpdateStep:
 
     def _clip(self, need_norm: bool, measure: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Clip as configured (norm, then value, then AGC); the total norm before and after."""
-        tc = self.tc
-        clipping = (tc.clip_norm, tc.clip_value, tc.clip_agc) != (None, None, None)
-        if not (clipping or need_norm):  # most steps: nothing to clip or measure
-            return None, None
+        tc, clipping = self.tc, self.clipping
         params = [p for p in self._params() if p.grad is not None]
         grad_norm = None
         if tc.clip_norm is not None:  # clip_grad_norm_ returns the norm it found before clipping

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -55,3 +56,41 @@ def test_interrupted_run_resumes_bitwise(tmp_path, monkeypatch, stop_at):
     assert summary["status"] == "completed" and summary["steps"] == 20
     for a, b in zip(params(whole), params(resumed)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("size", [1, 5])
+@pytest.mark.parametrize("start", [0, 7])
+def test_batch_groups_cover_the_rest_of_the_epoch_in_order(tmp_path, size, start):
+    """An epoch's micro-batches from `start` on, `size` to a group (the last one shorter), each
+    group with the position after it: the same batches, in the same order, as the epoch's own."""
+    from optbench.data import batch_groups
+
+    data = make(["trainer.max_steps=1"], tmp_path).data  # 12 micro-batches an epoch
+    groups = list(batch_groups(data, 3, 1, start, size))
+    expected = list(data.train_batches(3, 1))[start:]
+    got = [batch for group, _ in groups for batch in group]
+    assert len(got) == len(expected) and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                                             for a, b in zip(got, expected))
+    assert [len(group) for group, _ in groups] == [min(size, 12 - p) for p in range(start, 12, size)]
+    assert [position for _, position in groups] == [min(p + size, 12) for p in range(start, 12, size)]
+
+
+def test_the_files_hold_every_line_up_to_each_checkpoint(tmp_path, monkeypatch):
+    """Lines are flushed at most every FLUSH_INTERVAL_S, and always before a checkpoint: a run killed
+    after it, and a resumed run, find every line up to the checkpoint's step in metrics.jsonl."""
+    import optbench.checkpoint
+    import optbench.metrics_log
+
+    monkeypatch.setattr(optbench.metrics_log, "FLUSH_INTERVAL_S", 3600.0)  # no flush but the checkpoints'
+    trainer = make(["trainer.max_steps=12", "trainer.log_every=2", "trainer.checkpoint_every=4"], tmp_path)
+    on_disk = {}
+    save = optbench.checkpoint.save_atomic
+
+    def saved(state, path):
+        lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+        on_disk[state["progress"]["step"]] = [r["step"] for r in map(json.loads, lines) if r["split"] == "train"]
+        save(state, path)
+
+    monkeypatch.setattr(optbench.checkpoint, "save_atomic", saved)
+    trainer.fit()
+    assert on_disk == {4: [2, 4], 8: [2, 4, 6, 8], 12: [2, 4, 6, 8, 10, 12]}

@@ -274,6 +274,11 @@ def test_huge_lr_diverges_with_step_and_exit_0(workdir):
     assert summary["status"] == "diverged"
     assert 1 <= summary["divergence"]["step"] <= summary["steps"]
     assert "became non-finite at step" in summary["divergence"]["message"]
+    # Its last line (train or val) holds the non-finite loss as null: strict JSON, which any reader accepts.
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    strict = [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl")) for line in lines]
+    assert strict[-1]["loss"] is None
+    assert all(isinstance(r["loss"], float) for r in strict[:-1])
 
 
 def test_sweep_goes_on_past_a_diverged_job(workdir):
