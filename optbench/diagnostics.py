@@ -12,6 +12,7 @@ The trainer writes each record to `diagnostics.jsonl` and to TensorBoard under `
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import nn
@@ -27,15 +28,20 @@ class Diagnostics:
         self.optimizer = optimizer
         self.names = {p: n for n, p in model.named_parameters() if p.requires_grad}
         self.checked_for_missing_grads = False
+        # The next step that needs `before_step`: the first (to name parameters without gradient),
+        # then every `every`-th. Read before calling: on the other steps the call is skipped.
+        self.next_due: float = 0
         self._before: dict[nn.Parameter, torch.Tensor] = {}
         self._group_norms: dict[str, torch.Tensor] = {}  # read in `after_step`, with the rest
 
     def before_step(self, step: int) -> bool:
-        """Call after gradients are final (unscaled, clipped), before `optimizer.step()`; whether
-        this step is recorded (then `after_step` gives the record)."""
+        """Call after gradients are final (unscaled, clipped), before `optimizer.step()`, on every
+        step from `next_due` on (others may be skipped); whether this step is recorded (then
+        `after_step` gives the record)."""
         if not self.checked_for_missing_grads:
             self._name_parameters_without_gradient()
-        if self.every is None or step % self.every:  # outside no_grad: its context costs more (every step)
+        self.next_due = math.inf if self.every is None else (step // self.every + 1) * self.every
+        if self.every is None or step % self.every:
             return False
         with torch.no_grad():
             self._keep_before()

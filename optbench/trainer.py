@@ -111,9 +111,11 @@ class Trainer:
                                     self.base_lr.value)
         diagnostics = Diagnostics(self.model, optimizer, self.tc.diagnostics_every)
         # foreign_grads=False: only this update's backward writes gradients, and it leaves none.
+        # no_sync: only where ranks sync gradients (one process has none to hold back).
+        no_sync = None if self.strategy == "none" else partial(distributed.no_gradient_sync, self.parallel_model,
+                                                               self.strategy)
         return UpdateStep(self.model, optimizer, self.tc, self.device, scheduler, self.ema, diagnostics,
-                          no_sync=partial(distributed.no_gradient_sync, self.parallel_model, self.strategy),
-                          foreign_grads=False)
+                          no_sync=no_sync, foreign_grads=False)
 
     def updates(self) -> list[UpdateStep]:
         """Every update of the run (a GAN has two: its generator's and its discriminator's)."""

@@ -149,7 +149,8 @@ class UpdateStep:
             self._skip(step, loss)
             return StepResult(None, None, None, lrs, momenta, None, samples)
 
-        diagnosing = self.diagnostics is not None and self.diagnostics.before_step(step)
+        diagnosing = (self.diagnostics is not None and step >= self.diagnostics.next_due
+                      and self.diagnostics.before_step(step))
         if self.scaling:
             self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
             self.scaler.update()
@@ -171,13 +172,15 @@ class UpdateStep:
         weighted = len(micro_batches) > 1  # a single micro-batch is the whole update: no tensor ops to weight it
         loss_sum: torch.Tensor | None = None
         for i, batch in enumerate(micro_batches):
-            last = i == len(micro_batches) - 1
-            with self._sync(last), self.autocast():
-                loss = loss_of(batch)
-                if weighted:
-                    # Weight by the micro-batch's share of samples so that K micro-batches of B give the
-                    # same gradient as one batch of K*B (and a short last group is scaled by what it had).
-                    loss = loss * (batch[1].shape[0] / total)
+            if self.autocast_dtype is None and self.no_sync is None:
+                loss = loss_of(batch)  # full precision in one process: no context to enter (~15 us)
+            else:
+                with self._sync(i == len(micro_batches) - 1), self.autocast():
+                    loss = loss_of(batch)
+            if weighted:
+                # Weight by the micro-batch's share of samples so that K micro-batches of B give the
+                # same gradient as one batch of K*B (and a short last group is scaled by what it had).
+                loss = loss * (batch[1].shape[0] / total)
             (self.scaler.scale(loss) if self.scaling else loss).backward()
             loss = loss.detach()
             if loss.dtype != torch.float32:  # a float32 loss (most) is not converted: a call each step
