@@ -19,7 +19,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 # Each script with arguments that make it tiny, and a line its output must end with.
 SMOKE = {
     "overhead.py": (["--steps", "3", "--repeats", "1", "--threads", "1"],  # optbench's per-step ratio last
-                    r"fixed costs per run[\s\S]*paired step by step in one run \(2 steps\): .*: \d+\.\d+; means "
+                    r"fixed costs per run[\s\S]*paired step by step in one run \(2 steps\): .*: \d+\.\d+; "
+                    r"median of the pairs' ratios \d+\.\d+; means "
                     r"\d+\.\d+; the trainer's step minus the plain one: median -?\d+ us, mean -?\d+ us\s+"
                     r"(overhead ratio \(Lightning / plain.*\s+)?"  # the third arm, when installed
                     r"overhead ratio \(optbench Trainer / plain, per step\): "
