@@ -35,9 +35,9 @@ class Diagnostics:
         self._group_norms: dict[str, torch.Tensor] = {}  # read in `after_step`, with the rest
 
     def before_step(self, step: int) -> bool:
-        """Call after gradients are final (unscaled, clipped), before `optimizer.step()`, on every
-        step from `next_due` on (others may be skipped); whether this step is recorded (then
-        `after_step` gives the record)."""
+        """Call after gradients are final (unscaled, clipped), before `optimizer.step()`, on any
+        step at or after `next_due` (the steps before it may go without); whether this step is
+        recorded (then `after_step` gives the record)."""
         if not self.checked_for_missing_grads:
             self._name_parameters_without_gradient()
         self.next_due = math.inf if self.every is None else (step // self.every + 1) * self.every
