@@ -110,7 +110,7 @@ class EventFile:
         self._file.write(record(scalar_event(time.time(), step, scalars)))
 
     def flush(self) -> None:
-        """To disk: TensorBoard shows the curve as it grows (MetricsLog flushes every second)."""
+        """To disk, so that TensorBoard shows the curve as it grows (MetricsLog says when)."""
         self._file.flush()
 
     def _write(self, events: list[Any]) -> None:
