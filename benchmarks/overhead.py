@@ -191,7 +191,8 @@ def paired(model: str, steps: int, seed: int, out: Path) -> tuple[list[float], l
     Each arm fetches its next batch after its step, as a `for` loop over batches does: so each
     fetch follows its own arm's step. (With the plain step fetching first, its fetch came right
     after the trainer's fetch of the same kind, with that code and data still in the CPU's caches,
-    which a plain loop on its own never has: 15-80 us a step in the plain loop's favour on the MLP, measured in one process.)"""
+    which a plain loop on its own never has: 15-80 us a step in the plain loop's favour on the
+    MLP, measured in one process.)"""
     data, net, optimizer, scheduler = parts(model, steps, seed)
     batches = epochs(data, seed)
     trainer = Trainer(job_config(overrides(model, steps, seed)), out / f"run-{time.perf_counter_ns()}")

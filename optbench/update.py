@@ -112,8 +112,7 @@ class UpdateStep:
         self.cycles_momentum = bool(getattr(scheduler, "cycle_momentum", False))
 
     def autocast(self) -> AbstractContextManager[Any]:
-        """The `autocast` of this update's settings (entered for every micro-batch: one call)."""
-        return _AS_IS if self.autocast_dtype is None else torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.tc.precision)
 
     def describe(self) -> dict[str, Any]:
         """What this update applies, read from the objects that apply it (summary.json `applied`)."""

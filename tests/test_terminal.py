@@ -53,16 +53,19 @@ def test_plain_lines_come_at_most_every_redraw_interval_and_the_last_at_the_end(
     """Log steps faster than REDRAW_INTERVAL_S (a small model logs many times a second) print the
     first and then nothing until the interval has passed; the run's last step always prints, and a
     bar that ends before it (early stopping, a stop signal) shows the last update it was given."""
+    def printed() -> list[str]:  # each plain line's label and step/total
+        return [line.split(" (")[0] for line in capsys.readouterr().out.splitlines()]
+
     monkeypatch.setattr(progress, "REDRAW_INTERVAL_S", 3600.0)
     with progress.ProgressBar(100, 0, enabled=True) as bar:  # stdout is captured: plain lines
         for step in (10, 20, 30):
             bar.update(step, step / 12, METRICS)
-        assert [line.split(" (")[0] for line in capsys.readouterr().out.splitlines()] == ["train 10/100"]
-    assert [line.split(" (")[0] for line in capsys.readouterr().out.splitlines()] == ["train 30/100"]
+        assert printed() == ["train 10/100"]
+    assert printed() == ["train 30/100"]
     with progress.ProgressBar(100, 0, enabled=True) as bar:
         for step in (90, 100):
             bar.update(step, step / 12, METRICS)
-        assert [line.split(" (")[0] for line in capsys.readouterr().out.splitlines()] == ["train 90/100", "train 100/100"]
+        assert printed() == ["train 90/100", "train 100/100"]
     assert capsys.readouterr().out == ""  # nothing left to show
     monkeypatch.setattr(progress, "REDRAW_INTERVAL_S", 0.0)
     with progress.ProgressBar(100, 0, enabled=True) as bar:
