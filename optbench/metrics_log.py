@@ -4,6 +4,7 @@ MLflow metrics when asked, and summary.json."""
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import time
@@ -27,12 +28,12 @@ TRAIN_TAGS = {
 # Train metrics logged per parameter group: `name` for the first group, `name/<group>` for others.
 GROUP_METRICS = ("lr", "momentum")
 
-# Train lines are flushed when this long has passed since the last flush; validation lines, every
-# checkpoint and the run's end flush at once. A flush is a system call per file: flushing
-# metrics.jsonl and the event file at every train line took 70-90 us of a line's ~450 (an MLP's
-# step is ~2 ms). TensorBoard's own writer flushes every 120 s. A run killed outright loses at most
-# this long a stretch of its newest train lines; a resumed run drops the lines after its
-# checkpoint anyway.
+# Train lines are flushed when this long has passed since the last flush; the first train line,
+# validation lines, every checkpoint and the run's end flush at once. A flush is a system call per
+# file: flushing metrics.jsonl and the event file at every train line took 70-90 us of a line's
+# ~450 (an MLP's step is ~2 ms). TensorBoard's own writer flushes every 120 s. A run killed
+# outright loses at most this long a stretch of its newest train lines; a resumed run drops the
+# lines after its checkpoint anyway.
 FLUSH_INTERVAL_S = 1.0
 
 
@@ -65,7 +66,7 @@ class MetricsLog:
             tb_dir = folder.tensorboard / identity.name
             self._writer = EventFile(tb_dir, purge_step=resume_step)
             self._session = HParamsSession(tb_dir, identity.hparams)
-        self._flushed_at = time.monotonic()
+        self._flushed_at = -math.inf  # the first train line goes to disk at once: the run shows it started
 
     def write(self, split: str, step: int, epoch: float, elapsed: float, metrics: dict[str, float]) -> None:
         """One line of metrics.jsonl (`elapsed`: seconds since the run started, its `time`)."""

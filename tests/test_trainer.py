@@ -76,22 +76,24 @@ def test_batch_groups_cover_the_rest_of_the_epoch_in_order(tmp_path, size, start
 
 
 def test_the_files_hold_every_line_up_to_each_checkpoint(tmp_path, monkeypatch):
-    """Train lines are flushed at most every FLUSH_INTERVAL_S, validation lines at once, and the
-    files always before a checkpoint: a run killed after it, and a resumed run, find every line up
-    to the checkpoint's step in metrics.jsonl."""
+    """Train lines are flushed at most every FLUSH_INTERVAL_S (the first at once), validation lines
+    at once, and the files always before a checkpoint: a run killed after it, and a resumed run,
+    find every line up to the checkpoint's step in metrics.jsonl."""
     import optbench.checkpoint
     import optbench.metrics_log
 
     monkeypatch.setattr(optbench.metrics_log, "FLUSH_INTERVAL_S", 3600.0)  # no flush by time
     trainer = make(["trainer.max_steps=12", "trainer.log_every=2", "trainer.checkpoint_every=4",
                     "trainer.eval_every=6"], tmp_path)
-    write, val_lines_on_disk = optbench.metrics_log.MetricsLog.write, []
+    write, val_lines_on_disk, train_lines_on_disk = optbench.metrics_log.MetricsLog.write, [], {}
 
     def written(log, split, step, *args):
         write(log, split, step, *args)
+        lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
         if split == "val":
-            last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-            val_lines_on_disk.append((last["split"], last["step"]))
+            val_lines_on_disk.append((lines[-1]["split"], lines[-1]["step"]))
+        else:
+            train_lines_on_disk[step] = [r["step"] for r in lines if r["split"] == "train"]
 
     monkeypatch.setattr(optbench.metrics_log.MetricsLog, "write", written)
     on_disk = {}
@@ -107,3 +109,5 @@ def test_the_files_hold_every_line_up_to_each_checkpoint(tmp_path, monkeypatch):
     # 6 and 12: best.pt, written at the evaluations.
     assert on_disk == {4: [2, 4], 6: [2, 4, 6], 8: [2, 4, 6, 8], 12: [2, 4, 6, 8, 10, 12]}
     assert val_lines_on_disk == [("val", 6), ("val", 12)]
+    # When each train line is written: the first on disk at once, the others after the next flush.
+    assert train_lines_on_disk == {2: [2], 4: [2], 6: [2, 4], 8: [2, 4, 6], 10: [2, 4, 6, 8], 12: [2, 4, 6, 8]}
