@@ -83,9 +83,6 @@ class PeakMemory:
         self.optimizers = optimizers
         self.to_watch = WATCHED_STEPS if watch and device.type == "cpu" else 0
         self.watched = 0
-        # Whether the next step is to be watched: read by the loop at every step, so a plain
-        # attribute; the loop enters `watch()` only then (a context costs every step ~15 us).
-        self.watching = self.to_watch > 0
         self.peak = 0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -95,6 +92,12 @@ class PeakMemory:
         return [*(t for m in self.modules for t in (*m.parameters(), *m.buffers())),
                 *(t for opt in self.optimizers for state in opt.state.values() for t in state.values()
                   if isinstance(t, torch.Tensor))]
+
+    @property
+    def watching(self) -> bool:
+        """Whether the next step is to be watched: the loop enters `watch()` only then (a context
+        entered at every step costs ~15 us)."""
+        return self.watched < self.to_watch
 
     @contextmanager
     def watch(self) -> Iterator[None]:
@@ -128,7 +131,6 @@ class PeakMemory:
             for handle in handles:
                 handle.remove()
         self.watched += 1
-        self.watching = self.watched < self.to_watch
         self.peak = max(self.peak, mode.peak)
 
     def result(self) -> dict[str, Any] | None:

@@ -4,8 +4,8 @@ MLflow metrics when asked, and summary.json."""
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
 import time
 from pathlib import Path

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 
 import pytest
 import torch
 
+from conftest import read_metrics
 from optbench.config import job_config
 from optbench.trainer import Trainer
 
@@ -89,7 +89,7 @@ def test_the_files_hold_every_line_up_to_each_checkpoint(tmp_path, monkeypatch):
 
     def written(log, split, step, *args):
         write(log, split, step, *args)
-        lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        lines = read_metrics(tmp_path)
         if split == "val":
             val_lines_on_disk.append((lines[-1]["split"], lines[-1]["step"]))
         else:
@@ -100,8 +100,7 @@ def test_the_files_hold_every_line_up_to_each_checkpoint(tmp_path, monkeypatch):
     save = optbench.checkpoint.save_atomic
 
     def saved(state, path):
-        lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-        on_disk[state["progress"]["step"]] = [r["step"] for r in map(json.loads, lines) if r["split"] == "train"]
+        on_disk[state["progress"]["step"]] = [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"]
         save(state, path)
 
     monkeypatch.setattr(optbench.checkpoint, "save_atomic", saved)
